@@ -1,0 +1,289 @@
+"""Read a PODS-format dataset (PODS, DF2, Dogs, toybox, your own photos) into plain records.
+
+Layout: <root>/{train,test,test_dense}/<instance>/<image> with masks in <split>_masks/<instance>/
+under the same stem, plus `<name>_info.json` (instances) and an optional `<name>_image_annos.json`
+(per-image test split). Everything is listed once, eagerly, so errors surface at load time.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from prpg.data.images import is_image_file
+
+SPLITS = ("train", "test", "test_dense")
+INSTANCE_SPLITS = ("val", "test", "pool")  # class_to_split values
+TEST_SPLITS = ("in_distribution", "pose", "distractors", "pose_and_distractors")  # annos test_split values
+INFO_SUFFIX = "_info.json"
+ANNOS_SUFFIX = "_image_annos.json"
+
+
+class DatasetError(ValueError):
+    """A dataset on disk that cannot be read as it is; the message names the file and the fix."""
+
+
+@dataclass(frozen=True)
+class Instance:
+    name: str  # folder name under train/
+    idx: int  # class_to_idx
+    category: str  # class_to_sc, e.g. "mug"
+    split: str | None  # class_to_split: "val" | "test" | "pool"; None without an info json
+
+
+@dataclass(frozen=True)
+class ImageRecord:
+    path: Path
+    instance: str  # Instance.name
+    split: str  # "train" | "test" | "test_dense" (the folder)
+    mask_path: Path | None  # same stem in <split>_masks/<instance>/, any extension
+    test_split: str | None  # from the annos file, e.g. "pose"; None when not annotated
+
+
+def natural_key(name: str) -> tuple:
+    """Sort key where digit runs compare as numbers: 9.jpg < 10.jpg. Ties fall back to the raw name."""
+    parts = re.split(r"(\d+)", name.lower())
+    return tuple(int(p) if i % 2 else p for i, p in enumerate(parts)), name
+
+
+def list_images(folder: Path) -> list[Path]:
+    """Image files directly in `folder`, naturally sorted; [] when the folder does not exist."""
+    if not folder.is_dir():
+        return []
+    return sorted((p for p in folder.iterdir() if is_image_file(p)), key=lambda p: natural_key(p.name))
+
+
+def list_folders(folder: Path) -> list[str]:
+    """Visible subfolder names, naturally sorted."""
+    if not folder.is_dir():
+        return []
+    names = [p.name for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".")]
+    return sorted(names, key=natural_key)
+
+
+def read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise DatasetError(f"{path}: cannot be read as JSON ({e}); fix or re-download the file") from e
+
+
+def find_one(root: Path, suffix: str) -> Path | None:
+    """The single `*<suffix>` file at the root, None if absent; several is an error (which one?)."""
+    found = sorted(root.glob(f"*{suffix}"))
+    if len(found) > 1:
+        names = ", ".join(p.name for p in found)
+        raise DatasetError(f"{root}: several *{suffix} files ({names}); keep exactly one")
+    return found[0] if found else None
+
+
+def _anno_split(split: str) -> str:
+    return "train" if split == "train" else "test"  # PODS annos say "test" for test and test_dense images
+
+
+def anno_keys(rel_path: str) -> tuple[str, ...]:
+    """The keys an image may have in the annos file, in lookup order: relative path,
+    <instance>/<file name>, file name, file stem."""
+    p = Path(rel_path)
+    return rel_path, f"{p.parent.name}/{p.name}", p.name, p.stem
+
+
+def anno_matches(entry: Any, instance: str, split: str) -> bool:
+    """An entry keyed by a bare file name may belong to another instance or split; its own
+    `class` / `split` fields (when present) decide."""
+    if not isinstance(entry, Mapping):
+        return False
+    cls, sp = entry.get("class"), entry.get("split")
+    return (cls is None or cls == instance) and (sp is None or sp in (split, _anno_split(split)))
+
+
+def find_anno(annos: Mapping[str, Any], rel_path: str, instance: str, split: str) -> Mapping[str, Any] | None:
+    for key in anno_keys(rel_path):
+        entry = annos.get(key)
+        if entry is not None and anno_matches(entry, instance, split):
+            return entry
+    return None
+
+
+def normalize_anno_key(key: str) -> str:
+    key = key.replace("\\", "/")
+    return key.removeprefix("./")
+
+
+@dataclass(frozen=True)
+class Dataset:
+    root: Path
+    name: str
+    instances: tuple[Instance, ...]  # sorted by idx
+    records: Mapping[str, tuple[ImageRecord, ...]]  # split -> records, instance order then natural order
+    annos: Mapping[str, Any]  # raw annos entries by normalized key; {} without an annos file
+    has_test_dense: bool  # PODS: a test_dense/ folder; DF2/Dogs: dense eval uses masked test images
+
+    @property
+    def categories(self) -> tuple[str, ...]:
+        return tuple(sorted({i.category for i in self.instances}))
+
+    def instance(self, name: str) -> Instance:
+        for inst in self.instances:
+            if inst.name == name:
+                return inst
+        raise DatasetError(
+            f"{self.root}: no instance {name!r}; known: {_preview([i.name for i in self.instances])}"
+        )
+
+    def images(self, split: str, instance: str | None = None) -> list[ImageRecord]:
+        if split not in SPLITS:
+            raise DatasetError(f"unknown split {split!r}; use one of {', '.join(SPLITS)}")
+        if instance is None:
+            return list(self.records[split])
+        self.instance(instance)  # unknown name -> clear error rather than a silent []
+        return [r for r in self.records[split] if r.instance == instance]
+
+    def dense_images(self, instance: str | None = None) -> list[ImageRecord]:
+        """Images for segmentation / detection: PODS's test_dense, else (DF2, Dogs) masked test images."""
+        if self.has_test_dense:
+            return self.images("test_dense", instance)
+        return [r for r in self.images("test", instance) if r.mask_path is not None]
+
+    def instances_in(self, category: str | None = None, split: str | None = None) -> list[Instance]:
+        if category is not None and category not in self.categories:
+            raise DatasetError(f"{self.root}: no category {category!r}; known: {', '.join(self.categories)}")
+        if split is not None and split not in INSTANCE_SPLITS:
+            raise DatasetError(f"unknown instance split {split!r}; use one of {', '.join(INSTANCE_SPLITS)}")
+        return [
+            i
+            for i in self.instances
+            if (category is None or i.category == category) and (split is None or i.split == split)
+        ]
+
+    def annotation(self, record: ImageRecord) -> Mapping[str, Any] | None:
+        """The record's raw annos entry (e.g. toybox `caption`, `scene`), None if not annotated."""
+        rel = record.path.relative_to(self.root).as_posix()
+        return find_anno(self.annos, rel, record.instance, record.split)
+
+
+def _preview(names: list[str], n: int = 8) -> str:
+    return ", ".join(names[:n]) + (f", ... ({len(names)} in all)" if len(names) > n else "")
+
+
+def _info_map(info: dict, key: str, info_path: Path, default: dict) -> dict:
+    value = info.get(key, default)
+    if not isinstance(value, dict):
+        raise DatasetError(f"{info_path}: {key!r} must map instance names to values; see the PODS format")
+    return value
+
+
+def _instances_from_info(
+    info_path: Path, categories: Mapping[str, str] | None, category: str | None
+) -> list[Instance]:
+    info = read_json(info_path)
+    if not isinstance(info, dict) or not isinstance(info.get("classes"), list):
+        raise DatasetError(f"{info_path}: needs a 'classes' list of instance names; see the PODS format")
+    classes = info["classes"]
+    if not all(isinstance(c, str) and c for c in classes) or len(set(classes)) != len(classes):
+        raise DatasetError(
+            f"{info_path}: 'classes' must be distinct, non-empty instance names (folder names)"
+        )
+    # The reader needs only `classes`; the other maps fall back (position, arguments, None).
+    # `check_dataset` is the strict gate that wants all four keys.
+    to_idx = _info_map(info, "class_to_idx", info_path, {c: k for k, c in enumerate(classes)})
+    to_sc = _info_map(info, "class_to_sc", info_path, {})
+    to_split = _info_map(info, "class_to_split", info_path, {})
+    instances = []
+    for name in classes:
+        if not isinstance(to_idx.get(name), int) or isinstance(to_idx.get(name), bool):
+            raise DatasetError(f"{info_path}: class_to_idx has no integer for {name!r}; add it")
+        cat = to_sc.get(name) or (categories or {}).get(name) or category
+        if not cat:
+            raise DatasetError(
+                f"{info_path}: class_to_sc has no category for {name!r}; "
+                "add it, or pass categories= / category= to load_dataset"
+            )
+        split = to_split.get(name)
+        if split is not None and split not in INSTANCE_SPLITS:
+            raise DatasetError(
+                f"{info_path}: class_to_split[{name!r}] is {split!r}; use one of {', '.join(INSTANCE_SPLITS)}"
+            )
+        instances.append(Instance(name, to_idx[name], cat, split))
+    idxs = [i.idx for i in instances]
+    if len(set(idxs)) != len(idxs):
+        raise DatasetError(f"{info_path}: class_to_idx gives two instances the same index; make them unique")
+    return instances
+
+
+def _instances_from_folders(
+    root: Path, categories: Mapping[str, str] | None, category: str | None
+) -> list[Instance]:
+    names = list_folders(root / "train")
+    if not names:
+        raise DatasetError(
+            f"{root / 'train'}: no instance folders; put each instance's photos in train/<instance>/"
+        )
+    missing = [n for n in names if not ((categories or {}).get(n) or category)]
+    if missing:
+        raise DatasetError(
+            f"{root}: no *{INFO_SUFFIX} and no category for {_preview(missing)}; add a <name>{INFO_SUFFIX} "
+            "(classes, class_to_idx, class_to_sc, class_to_split) or pass categories={instance: category} "
+            "or category=... to load_dataset"
+        )
+    return [Instance(n, k, (categories or {}).get(n) or category, None) for k, n in enumerate(names)]
+
+
+def _pair_masks(mask_dir: Path) -> dict[str, Path]:
+    by_stem: dict[str, Path] = {}
+    for p in list_images(mask_dir):
+        if p.stem in by_stem:
+            raise DatasetError(f"{p}: two masks with stem {p.stem!r} ({by_stem[p.stem].name}); keep one")
+        by_stem[p.stem] = p
+    return by_stem
+
+
+def load_dataset(
+    root: str | Path, *, categories: dict[str, str] | None = None, category: str | None = None
+) -> Dataset:
+    """Read a PODS-format dataset. Instances come from `<name>_info.json`; without one, from the
+    train/ folder names, with categories from `categories` (per instance) or `category` (all).
+    Masks pair with images by stem (never by list order), so extensions and sort orders may differ."""
+    root = Path(root)
+    if not root.is_dir():
+        raise DatasetError(f"{root}: dataset root does not exist; download or build it first")
+    if not (root / "train").is_dir():
+        raise DatasetError(f"{root}: no train/ folder; a dataset needs train/<instance>/<images>")
+    info_path = find_one(root, INFO_SUFFIX)
+    if info_path is not None:
+        name = info_path.name[: -len(INFO_SUFFIX)]
+        instances = _instances_from_info(info_path, categories, category)
+    else:
+        name = root.name
+        instances = _instances_from_folders(root, categories, category)
+    instances.sort(key=lambda i: i.idx)
+    for inst in instances:
+        if not (root / "train" / inst.name).is_dir():
+            raise DatasetError(
+                f"{root / 'train' / inst.name}: missing, but {inst.name!r} is in {info_path}; "
+                "add its photos or remove it from the info json (run `prpg data check`)"
+            )
+
+    annos: dict[str, Any] = {}
+    annos_path = find_one(root, ANNOS_SUFFIX)
+    if annos_path is not None:
+        raw = read_json(annos_path)
+        if not isinstance(raw, dict):
+            raise DatasetError(f"{annos_path}: must map image ids to entries; see the PODS format")
+        annos = {normalize_anno_key(k): v for k, v in raw.items()}
+
+    records: dict[str, tuple[ImageRecord, ...]] = {}
+    for split in SPLITS:
+        split_records = []
+        for inst in instances:
+            masks = _pair_masks(root / f"{split}_masks" / inst.name)
+            for path in list_images(root / split / inst.name):
+                entry = find_anno(annos, path.relative_to(root).as_posix(), inst.name, split)
+                test_split = entry.get("test_split") if entry is not None else None
+                split_records.append(ImageRecord(path, inst.name, split, masks.get(path.stem), test_split))
+        records[split] = tuple(split_records)
+    return Dataset(root, name, tuple(instances), records, annos, (root / "test_dense").is_dir())

@@ -1,0 +1,136 @@
+"""Typed, validated views of params.yaml.
+
+params.yaml is grouped `common` + one group per stage (DVC tracks each stage's groups). Every group
+has a pydantic model here with `extra="forbid"`, so a typo in params.yaml or in `dvc exp run -S`
+fails at once with the dotted key that is wrong, instead of silently running with a default.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from prpg.configs import DreamBoothConfig, EncoderConfig, GeneratorConfig
+
+
+class ParamsError(ValueError):
+    """params.yaml (or a group injected into a notebook) does not validate."""
+
+
+class _Group(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class CommonParams(_Group):
+    seed: int = 0
+    device: Literal["cpu", "cuda", "auto"] = "cpu"
+    # toybox (embedded default) or a PODS-format dataset under data/: pods, dogs, df2, or your own.
+    dataset: str = "toybox"
+    data_root: str = "outputs/data/toybox"
+    # What the data comes from, as a DVC dependency of the data stage: the toybox generator's code,
+    # or the downloaded dataset folder (e.g. data/pods) for real runs.
+    data_source: str = "src/prpg/toybox"
+
+    @model_validator(mode="after")
+    def _toybox_root(self) -> CommonParams:
+        if self.dataset == "toybox" and Path(self.data_root) != Path("outputs/data/toybox"):
+            raise ValueError("with dataset: toybox, data_root must be outputs/data/toybox (the data stage builds it there)")
+        return self
+
+
+class ToyboxParams(_Group):
+    size: int = Field(128, ge=32, le=1024)
+    instances_per_category: int = Field(20, ge=2)
+    val_per_category: int = Field(6, ge=0)
+    pool_per_category: int = Field(50, ge=1)
+    test_per_split: int = Field(6, ge=1)
+    dense_per_split: int = Field(3, ge=1)
+    pool_test_per_split: int = Field(4, ge=0)
+    workers: int = Field(2, ge=1)
+
+    @model_validator(mode="after")
+    def _split(self) -> ToyboxParams:
+        if self.val_per_category >= self.instances_per_category:
+            raise ValueError("val_per_category must be smaller than instances_per_category (test instances are the rest)")
+        return self
+
+
+class DataParams(_Group):
+    min_train_images: int = Field(3, ge=1)
+    require_train_masks: bool = True
+    gallery_instances_per_category: int = Field(1, ge=1)
+    toybox: ToyboxParams = ToyboxParams()
+
+
+class GatesParams(_Group):
+    """Quality gates of the toybox models (numbers go into the model cards)."""
+
+    samples_per_category: int = Field(16, ge=1)
+    sample_steps: int = Field(50, ge=1)  # SD's pipeline default
+    guidance: float = 5.0  # the paper's best CFG
+    dreambooth_instance: str = "mug_06"  # the first test-split mug
+    dreambooth_class_images: int = Field(32, ge=1)
+    dreambooth_samples: int = Field(16, ge=1)
+
+
+class PretrainParams(_Group):
+    """Pretraining of the toybox model zoo (frozen stage: the models ship in models/toybox)."""
+
+    encoder: EncoderConfig = EncoderConfig()
+    generator: GeneratorConfig = GeneratorConfig()
+    # DreamBooth smoke gate, tuned for the tiny generator on CPU (the paper's 2e-6 x 400 is for SD 1.5).
+    dreambooth: DreamBoothConfig = DreamBoothConfig(steps=200, lr=1e-4)
+    gates: GatesParams = GatesParams()
+
+
+GROUPS: dict[str, type[_Group]] = {"common": CommonParams, "data": DataParams, "pretrain": PretrainParams}
+
+
+def _format(group: str, err: ValidationError, source: str) -> str:
+    lines = [f"{source}: invalid parameters in group '{group}':"]
+    for e in err.errors():
+        key = ".".join([group, *(str(p) for p in e["loc"])])
+        lines.append(f"  {key}: {e['msg']}")
+    lines.append("Fix params.yaml (or the -S override) and run again.")
+    return "\n".join(lines)
+
+
+def parse_group(group: str, values: dict[str, Any] | None, source: str = "params.yaml") -> Any:
+    """Validate one group's dict (as papermill injects it) into its typed model."""
+    if group not in GROUPS:
+        raise ParamsError(f"{source}: unknown params group '{group}' (known: {', '.join(GROUPS)})")
+    if values is not None and not isinstance(values, dict):
+        raise ParamsError(f"{source}: group '{group}' must be a mapping, got {type(values).__name__}")
+    try:
+        return GROUPS[group].model_validate(values or {})
+    except ValidationError as err:
+        raise ParamsError(_format(group, err, source)) from None
+
+
+def load_params(path: str | Path = "params.yaml") -> dict[str, Any]:
+    """Read and validate every known group of params.yaml; unknown top-level groups are an error."""
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except FileNotFoundError:
+        raise ParamsError(f"{path}: not found; run from the repository root") from None
+    except yaml.YAMLError as err:
+        raise ParamsError(f"{path}: not valid YAML: {err}") from None
+    unknown = sorted(set(raw) - set(GROUPS))
+    if unknown:
+        raise ParamsError(f"{path}: unknown params group(s) {unknown} (known: {', '.join(GROUPS)})")
+    return {name: parse_group(name, raw.get(name), str(path)) for name in GROUPS}
+
+
+def resolve_device(device: str) -> str:
+    """'auto' picks CUDA when present; asking for CUDA without one is an error, not a silent CPU run."""
+    import torch
+
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ParamsError("common.device is 'cuda' but no CUDA device is available; set common.device: cpu or auto")
+    return device

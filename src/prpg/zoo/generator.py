@@ -1,0 +1,209 @@
+"""The toybox generator: Stable Diffusion 1.5's architecture, shrunk, trained from scratch on the pool.
+
+Same classes as SD 1.5 (CLIPTokenizer, CLIPTextModel, AutoencoderKL, UNet2DConditionModel, a
+scaled-linear 1000-step schedule, PNDM sampling), assembled as a StableDiffusionPipeline, so the
+DreamBooth and generation code downstream is identical for toybox and SD 1.5.
+
+Training is SD's recipe in two steps: (1) an AutoencoderKL (reconstruction + a tiny KL), whose
+latents are rescaled to unit variance (SD's 0.18215 plays this role); (2) the UNet and the text
+encoder together on epsilon-prediction, with 10 % empty captions so classifier-free guidance works.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from prpg.configs import GeneratorConfig
+
+CATEGORY_PROMPT = "a photo of a {category}"
+
+# SD 1.5's noise schedule and default sampler, so toybox behaves like the real pipeline.
+SCHEDULE = dict(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear")
+
+
+def build_pipeline(cfg: GeneratorConfig, tokenizer):
+    """A randomly initialised SD-class pipeline at the given size."""
+    from diffusers import AutoencoderKL, PNDMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    levels = len(cfg.vae_channels)
+    vae = AutoencoderKL(
+        in_channels=3, out_channels=3, latent_channels=cfg.latent_channels,
+        down_block_types=("DownEncoderBlock2D",) * levels, up_block_types=("UpDecoderBlock2D",) * levels,
+        block_out_channels=cfg.vae_channels, layers_per_block=1, norm_num_groups=min(cfg.vae_channels) // 2,
+        sample_size=cfg.resolution,
+    )
+    text_encoder = CLIPTextModel(CLIPTextConfig(
+        vocab_size=len(tokenizer), hidden_size=cfg.text_hidden, intermediate_size=2 * cfg.text_hidden,
+        num_hidden_layers=cfg.text_layers, num_attention_heads=cfg.text_heads,
+        max_position_embeddings=cfg.max_length, projection_dim=cfg.text_hidden,
+        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+    ))
+    n = len(cfg.unet_channels)
+    unet = UNet2DConditionModel(
+        sample_size=cfg.resolution // 2 ** (levels - 1), in_channels=cfg.latent_channels, out_channels=cfg.latent_channels,
+        block_out_channels=cfg.unet_channels, layers_per_block=1, norm_num_groups=min(cfg.unet_channels),
+        down_block_types=("DownBlock2D",) + ("CrossAttnDownBlock2D",) * (n - 1),
+        up_block_types=("CrossAttnUpBlock2D",) * (n - 1) + ("UpBlock2D",),
+        cross_attention_dim=cfg.text_hidden, attention_head_dim=cfg.attention_head_dim,
+    )
+    scheduler = PNDMScheduler(**SCHEDULE, skip_prk_steps=True, set_alpha_to_one=False, steps_offset=1)
+    return StableDiffusionPipeline(
+        vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet, scheduler=scheduler,
+        safety_checker=None, feature_extractor=None, requires_safety_checker=False,
+    )
+
+
+def images_to_tensor(images, resolution: int) -> torch.Tensor:
+    """PIL images -> (N, 3, R, R) in [-1, 1], area-downsampled (no aliasing of fine patterns)."""
+    from PIL import Image
+
+    arr = np.stack([np.asarray(im.convert("RGB").resize((resolution, resolution), Image.BOX)) for im in images])
+    return torch.from_numpy(arr).permute(0, 3, 1, 2).float().div(127.5).sub(1.0)
+
+
+def tokenize(tokenizer, prompts: list[str]) -> torch.Tensor:
+    return tokenizer(prompts, padding="max_length", truncation=True, max_length=tokenizer.model_max_length,
+                     return_tensors="pt").input_ids
+
+
+def _ema(model: torch.nn.Module, decay: float):
+    from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+    return AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True)
+
+
+def _cosine(opt, steps: int, warmup: int):
+    from diffusers.optimization import get_cosine_schedule_with_warmup
+
+    return get_cosine_schedule_with_warmup(opt, num_warmup_steps=min(warmup, steps // 10), num_training_steps=steps)
+
+
+def train_vae(vae, pixels: torch.Tensor, cfg: GeneratorConfig, generator: torch.Generator) -> list[float]:
+    """Reconstruction (L1 + MSE) + a tiny KL; returns the per-step loss."""
+    vae.train()
+    opt = torch.optim.AdamW(vae.parameters(), lr=cfg.vae_lr, weight_decay=0.0)
+    sched = _cosine(opt, cfg.vae_steps, 100)
+    losses = []
+    for _ in tqdm(range(cfg.vae_steps), desc="vae", mininterval=5):
+        idx = torch.randint(len(pixels), (cfg.vae_batch,), generator=generator)
+        x = pixels[idx]
+        post = vae.encode(x).latent_dist
+        rec = vae.decode(post.sample(generator=generator)).sample
+        loss = F.l1_loss(rec, x) + F.mse_loss(rec, x) + cfg.vae_kl_weight * post.kl().mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+        losses.append(loss.item())
+    vae.eval()
+    return losses
+
+
+@torch.no_grad()
+def encode_latents(vae, pixels: torch.Tensor, batch: int = 64) -> tuple[torch.Tensor, torch.Tensor]:
+    """Posterior mean and std for every image (sampled afresh each training step, as SD does)."""
+    means, stds = [], []
+    for i in range(0, len(pixels), batch):
+        post = vae.encode(pixels[i : i + batch]).latent_dist
+        means.append(post.mean)
+        stds.append(post.std)
+    return torch.cat(means), torch.cat(stds)
+
+
+def train_denoiser(pipe, latents_mean, latents_std, input_ids, empty_ids, cfg: GeneratorConfig,
+                   generator: torch.Generator) -> list[float]:
+    """UNet + text encoder on epsilon prediction; EMA weights are copied in at the end."""
+    from diffusers import DDPMScheduler
+
+    noise_sched = DDPMScheduler(**SCHEDULE)
+    unet, text = pipe.unet, pipe.text_encoder
+    joint = torch.nn.ModuleDict({"unet": unet, "text": text})
+    joint.train()
+    ema = _ema(joint, cfg.ema_decay)
+    opt = torch.optim.AdamW(joint.parameters(), lr=cfg.unet_lr, weight_decay=1e-2)
+    sched = _cosine(opt, cfg.unet_steps, 200)
+    scale = pipe.vae.config.scaling_factor
+    losses = []
+    for _ in tqdm(range(cfg.unet_steps), desc="unet", mininterval=5):
+        idx = torch.randint(len(latents_mean), (cfg.unet_batch,), generator=generator)
+        eps0 = torch.randn(latents_mean[idx].shape, generator=generator)
+        z0 = (latents_mean[idx] + latents_std[idx] * eps0) * scale
+        ids = input_ids[idx].clone()
+        drop = torch.rand(len(idx), generator=generator) < cfg.caption_dropout
+        ids[drop] = empty_ids
+        noise = torch.randn(z0.shape, generator=generator)
+        t = torch.randint(0, noise_sched.config.num_train_timesteps, (len(idx),), generator=generator)
+        pred = unet(noise_sched.add_noise(z0, noise, t), t, text(ids)[0]).sample
+        loss = F.mse_loss(pred, noise)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(joint.parameters(), 1.0)
+        opt.step()
+        sched.step()
+        ema.update_parameters(joint)
+        losses.append(loss.item())
+    joint.load_state_dict(ema.module.state_dict())
+    joint.eval()
+    return losses
+
+
+def pretrain_generator(images, captions: list[str], out_dir: Path, cfg: GeneratorConfig, seed: int,
+                       work_dir: Path) -> dict:
+    """Train the whole generator and save it with save_pretrained; returns training stats."""
+    from prpg.zoo.tokenizer import build_clip_tokenizer
+
+    torch.manual_seed(seed)
+    gen = torch.Generator().manual_seed(seed)
+    tokenizer = build_clip_tokenizer(work_dir / "tokenizer_src", max_length=cfg.max_length)
+    pipe = build_pipeline(cfg, tokenizer)
+    pixels = images_to_tensor(images, cfg.resolution)
+
+    t0, cpu0 = time.perf_counter(), time.process_time()
+    vae_losses = train_vae(pipe.vae, pixels, cfg, gen)
+    mean, std = encode_latents(pipe.vae, pixels)
+    # Unit-variance latents, as SD's fixed 0.18215 achieves for its VAE.
+    pipe.vae.register_to_config(scaling_factor=float(1.0 / mean.std()))
+    t_vae = time.perf_counter() - t0
+
+    input_ids = tokenize(tokenizer, captions)
+    empty_ids = tokenize(tokenizer, [""])[0]
+    unet_losses = train_denoiser(pipe, mean, std, input_ids, empty_ids, cfg, gen)
+    t_total = time.perf_counter() - t0
+
+    # Stored in fp16 to halve the shipped size (loaders upcast to fp32; the gates run on the reloaded copy).
+    pipe.to(torch.float16).save_pretrained(out_dir, safe_serialization=True)
+    pipe.to(torch.float32)
+    return {
+        "config": dataclasses.asdict(cfg),
+        "seed": seed,
+        "train_images": len(images),
+        "vae_final_loss": float(np.mean(vae_losses[-50:])),
+        "unet_final_loss": float(np.mean(unet_losses[-100:])),
+        "vae_seconds": round(t_vae, 1),
+        "total_seconds": round(t_total, 1),
+        "cpu_seconds": round(time.process_time() - cpu0, 1),  # all threads; robust to other jobs on the machine
+        "params": {name: sum(p.numel() for p in getattr(pipe, name).parameters())
+                   for name in ("vae", "text_encoder", "unet")},
+        "losses": {"vae": vae_losses, "unet": unet_losses},
+    }
+
+
+@torch.no_grad()
+def sample(pipe, prompts: list[str], seed: int, steps: int = 50, guidance: float = 5.0, batch: int = 16):
+    """PIL images for the prompts, seeded per batch (reproducible on CPU)."""
+    out = []
+    for i in range(0, len(prompts), batch):
+        g = torch.Generator(device=pipe.device).manual_seed(seed + i)
+        res = pipe(prompts[i : i + batch], num_inference_steps=steps, guidance_scale=guidance, generator=g,
+                   height=pipe.unet.config.sample_size * pipe.vae_scale_factor,
+                   width=pipe.unet.config.sample_size * pipe.vae_scale_factor)
+        out.extend(res.images)
+    return out

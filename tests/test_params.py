@@ -1,0 +1,46 @@
+from pathlib import Path
+
+import pytest
+
+from prpg.params import ParamsError, load_params, parse_group
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_repo_params_validate():
+    params = load_params(ROOT / "params.yaml")
+    assert params["common"].dataset == "toybox"
+    assert params["data"].toybox.instances_per_category == 20
+
+
+def test_typo_names_the_dotted_key():
+    with pytest.raises(ParamsError) as err:
+        parse_group("data", {"toybox": {"sise": 64}})
+    assert "data.toybox.sise" in str(err.value)
+
+
+def test_wrong_type_names_the_key():
+    with pytest.raises(ParamsError, match=r"common\.seed"):
+        parse_group("common", {"seed": "zero"})
+
+
+def test_toybox_split_must_leave_test_instances():
+    with pytest.raises(ParamsError, match="val_per_category"):
+        parse_group("data", {"toybox": {"instances_per_category": 4, "val_per_category": 4}})
+
+
+def test_unknown_group_in_file(tmp_path):
+    (tmp_path / "params.yaml").write_text("common: {seed: 1}\nfilterr: {}\n")
+    with pytest.raises(ParamsError, match="filterr"):
+        load_params(tmp_path / "params.yaml")
+
+
+def test_device_cuda_without_cuda_is_an_error(monkeypatch):
+    import torch
+
+    from prpg.params import resolve_device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert resolve_device("auto") == "cpu"
+    with pytest.raises(ParamsError, match="common.device"):
+        resolve_device("cuda")

@@ -1,0 +1,127 @@
+"""The repo's contracts with its users: install files agree, notebooks and dvc.yaml follow the
+papermill conventions, and the README's two commands are what CI and users run."""
+
+from __future__ import annotations
+
+import ast
+import re
+import tomllib
+from pathlib import Path
+
+import jupytext
+import pytest
+import yaml
+from packaging.requirements import Requirement
+from packaging.specifiers import SpecifierSet
+from packaging.version import Version
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _pyproject() -> dict:
+    return tomllib.loads((ROOT / "pyproject.toml").read_text())
+
+
+def _constraints() -> dict[str, str]:
+    pins = {}
+    for line in (ROOT / "constraints.txt").read_text().splitlines():
+        line = line.strip()
+        if line and not line.startswith("#"):
+            name, _, version = line.partition("==")
+            pins[name.lower().replace("_", "-")] = version
+    return pins
+
+
+def test_top_level_shape():
+    for name in ["notebooks", "src", "data.dvc", "dvc.yaml", "params.yaml", "reports", "tests", "environment.yml",
+                 "pyproject.toml", "README.md", ".ci/run", ".gitignore", ".dvc/config"]:
+        assert (ROOT / name).exists(), f"missing {name}"
+
+
+def test_environment_yml_agrees_with_pyproject():
+    env = yaml.safe_load((ROOT / "environment.yml").read_text())
+    project = _pyproject()["project"]
+    assert env["name"] == "prpg"
+    conda = [d for d in env["dependencies"] if isinstance(d, str)]
+    python = next(d for d in conda if d.startswith("python="))
+    assert Version(python.split("=", 1)[1]) in SpecifierSet(project["requires-python"])
+    assert "pip" in conda
+    pip = next(d["pip"] for d in env["dependencies"] if isinstance(d, dict))
+    # It installs this project (with an extra that pyproject defines) under the same lock.
+    editable = [p for p in pip if p.startswith("-e ")]
+    assert len(editable) == 1
+    m = re.fullmatch(r"-e \.(\[(?P<extras>[\w,]+)\])?", editable[0])
+    assert m, editable
+    for extra in (m["extras"] or "").split(","):
+        assert not extra or extra in project["optional-dependencies"]
+    assert "-c constraints.txt" in pip
+    # Anything else it lists must be a pyproject dependency, with a compatible specifier.
+    declared = {Requirement(r).name.lower() for r in project["dependencies"]}
+    for extra in pip:
+        if not extra.startswith("-"):
+            assert Requirement(extra).name.lower() in declared, f"{extra} in environment.yml but not in pyproject"
+
+
+def test_lock_pins_every_dependency_within_its_specifier():
+    pins = _constraints()
+    project = _pyproject()["project"]
+    reqs = [Requirement(r) for r in project["dependencies"] + project["optional-dependencies"]["test"]]
+    for req in reqs:
+        name = req.name.lower().replace("_", "-")
+        assert name in pins, f"{req.name} is not pinned in constraints.txt (run `make lock`)"
+        assert Version(pins[name]) in req.specifier, f"constraints.txt pins {name}=={pins[name]}, outside {req.specifier}"
+    assert pins["torch"] == "2.14.1" and pins["torchvision"] == "0.29.1"
+
+
+def test_ci_runs_the_readme_test_command():
+    ci = [ln.strip() for ln in (ROOT / ".ci/run").read_text().splitlines()
+          if ln.strip() and not ln.lstrip().startswith(("#", "set ", "cd "))]
+    readme = (ROOT / "README.md").read_text()
+    quickstart = readme.split("## Quickstart", 1)[1].split("\n## ", 1)[0]
+    commands = re.findall(r"^\s*(make \w+)\s*(?:#.*)?$", quickstart, flags=re.M)
+    assert commands == ["make demo", "make test"], commands
+    assert ci[-1] == "make test"
+
+
+def _stages() -> dict:
+    return yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
+
+
+def _parameters_cell_names(nb_path: Path) -> set[str]:
+    nb = jupytext.read(nb_path)
+    cells = [c for c in nb.cells if "parameters" in c.metadata.get("tags", [])]
+    assert len(cells) == 1, f"{nb_path}: needs exactly one cell tagged parameters, found {len(cells)}"
+    tree = ast.parse(cells[0].source)
+    return {t.id for node in tree.body if isinstance(node, ast.Assign) for t in node.targets if isinstance(t, ast.Name)}
+
+
+@pytest.mark.parametrize("name", sorted(_stages()))
+def test_stage_follows_papermill_conventions(name):
+    stage = _stages()[name]
+    cmds = stage["cmd"] if isinstance(stage["cmd"], list) else [stage["cmd"]]
+    pm = [c for c in cmds if c.startswith("papermill ")]
+    if not pm:
+        return
+    cmd = pm[0]
+    for flag in ["-k python3", "--cwd .", "-f params.yaml", "--no-progress-bar"]:
+        assert flag in cmd, f"stage {name}: papermill without {flag}"
+    assert " -p " not in cmd or "-p instance" in cmd, f"stage {name}: -p only for plain strings"
+    executed = cmd.split()[2]
+    deps = [str(d) for d in stage.get("deps", [])]
+    outs = [next(iter(o)) if isinstance(o, dict) else o for o in stage.get("outs", [])]
+    assert executed in outs and executed not in deps, f"stage {name}: executed notebook must be an out only"
+    for out in outs + [next(iter(m)) for m in stage.get("metrics", [])]:
+        assert not out.startswith("data/"), f"stage {name} writes under data/ (tracked by data.dvc)"
+    source = next(c.split()[-1] for c in cmds if c.startswith("jupytext "))
+    assert source in deps and source.startswith("notebooks/") and source.endswith(".py")
+    # The parameters cell declares exactly the groups the stage says it reads.
+    groups = {g if isinstance(g, str) else next(iter(g)) for g in stage.get("params", [])}
+    names = _parameters_cell_names(ROOT / source) - {"instance", "category"}
+    assert names == groups, f"{source} parameters {sorted(names)} != stage {name} params {sorted(groups)}"
+
+
+def test_every_notebook_is_a_stage():
+    used = {c.split()[-1] for s in _stages().values() for c in (s["cmd"] if isinstance(s["cmd"], list) else [s["cmd"]])
+            if c.startswith("jupytext ")}
+    for nb in sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.py")):
+        assert f"notebooks/{nb.name}" in used, f"{nb.name} is not run by any dvc.yaml stage"

@@ -1,0 +1,133 @@
+"""The toybox model zoo: tokenizer ids, gate metrics against hand computations, the training
+functions at micro scale, and the shipped models' quality gates where they run in seconds."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from sklearn.metrics import average_precision_score
+
+from prpg.configs import DreamBoothConfig, EncoderConfig, GeneratorConfig
+from prpg.zoo import gates
+from prpg.zoo.tokenizer import build_clip_tokenizer
+
+ROOT = Path(__file__).resolve().parents[1]
+SHIPPED = ROOT / "models/toybox"
+
+
+def test_tokenizer_gives_openai_clip_ids(tmp_path):
+    import open_clip
+
+    ours = build_clip_tokenizer(tmp_path)
+    reference = open_clip.get_tokenizer("ViT-B-32")  # OpenAI CLIP's tokenizer, as shipped by open_clip
+    for text in ["a photo of <new1> mug", "A photo of a tote on a wooden table, with other totes"]:
+        ids = ours(text).input_ids
+        assert ids == reference([text])[0][: len(ids)].tolist()
+    assert len(ours) == 49408
+
+
+def test_retrieval_map_matches_hand_computation():
+    g = torch.eye(3)  # gallery items a, b, c on orthogonal axes
+    q = torch.tensor([[0.9, 0.1, 0.0], [0.0, 0.2, 0.8]])
+    # query 0 (label a): a ranked first -> AP 1; query 1 (label b): c, b, a -> AP 1/2
+    assert gates.retrieval_map(q, ["a", "b"], g, ["a", "b", "c"]) == pytest.approx(0.75)
+    sims = (q @ g.T).numpy()
+    ref = np.mean([average_precision_score([1, 0, 0], sims[0]), average_precision_score([0, 1, 0], sims[1])])
+    assert gates.retrieval_map(q, ["a", "b"], g, ["a", "b", "c"]) == pytest.approx(ref)
+
+
+def test_instance_margin_hand_computed():
+    f = torch.tensor([[1.0, 0.0]])
+    own = torch.tensor([[1.0, 0.0], [0.6, 0.8]])
+    mates = torch.tensor([[0.0, 1.0]])
+    assert gates.instance_margin(f, own, mates) == pytest.approx((1.0 + 0.6) / 2 - 0.0)
+
+
+def test_micro_pretraining_saves_loadable_models(tmp_path):
+    from PIL import Image
+
+    from prpg.models import load_backbone, load_generator
+    from prpg.zoo.encoder import embed, eval_transform, pretrain_encoder
+    from prpg.zoo.generator import pretrain_generator
+
+    rng = np.random.default_rng(0)
+    images = [Image.fromarray(rng.integers(0, 255, (40, 40, 3), dtype=np.uint8)) for _ in range(6)]
+    ecfg = EncoderConfig(image_size=32, resize=36, patch_size=8, embed_dim=32, depth=1, heads=2, steps=2, batch=4)
+    stats = pretrain_encoder(images, [0, 1, 2, 0, 1, 2], 3, tmp_path / "enc", ecfg, seed=0)
+    assert stats["params"] > 0 and len(stats["losses"]) == 2
+    enc = load_backbone(tmp_path / "enc")
+    assert embed(enc, images, eval_transform(ecfg)).shape == (6, 32)
+
+    gcfg = GeneratorConfig(resolution=32, vae_channels=(8, 16), unet_channels=(16, 32), attention_head_dim=4,
+                           text_hidden=16, text_layers=1, text_heads=1, max_length=16, vae_steps=2, vae_batch=2,
+                           unet_steps=2, unet_batch=2)
+    gstats = pretrain_generator(images, ["a photo of a mug"] * 6, tmp_path / "gen", gcfg, seed=0, work_dir=tmp_path / "w")
+    assert len(gstats["losses"]["unet"]) == 2 and np.isfinite(gstats["unet_final_loss"])
+    from safetensors import safe_open
+
+    with safe_open(str(tmp_path / "gen/unet/diffusion_pytorch_model.safetensors"), "pt") as f:
+        key = next(iter(f.keys()))
+        assert f.get_tensor(key).dtype == torch.float16  # shipped in fp16
+    vae_cfg = json.loads((tmp_path / "gen/vae/config.json").read_text())
+    assert vae_cfg["scaling_factor"] != 0.18215  # fitted to unit-variance latents
+    pipe = load_generator(tmp_path / "gen")
+    assert pipe.unet.dtype == torch.float32  # upcast on load
+
+
+def test_dreambooth_trains_unet_and_text_encoder_only(tmp_path):
+    from PIL import Image
+
+    from prpg.dreambooth import dreambooth
+    from prpg.zoo.generator import build_pipeline
+
+    torch.manual_seed(0)
+    gcfg = GeneratorConfig(resolution=32, vae_channels=(8, 16), unet_channels=(16, 32), attention_head_dim=4,
+                           text_hidden=16, text_layers=1, text_heads=1, max_length=16)
+    pipe = build_pipeline(gcfg, build_clip_tokenizer(tmp_path, max_length=16))
+    before = {n: {k: v.clone() for k, v in getattr(pipe, n).state_dict().items()} for n in ("unet", "vae", "text_encoder")}
+    rng = np.random.default_rng(0)
+    ims = [Image.fromarray(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)) for _ in range(3)]
+    losses = dreambooth(pipe, ims, ims[:2], "mug", DreamBoothConfig(steps=3, lr=1e-3), seed=0)
+    assert len(losses) == 3 and all(np.isfinite(losses))
+    changed = {n: any(not torch.equal(v, getattr(pipe, n).state_dict()[k]) for k, v in sd.items()) for n, sd in before.items()}
+    assert changed == {"unet": True, "vae": False, "text_encoder": True}
+
+
+@pytest.mark.skipif(not SHIPPED.is_dir(), reason="models/toybox not built yet")
+def test_shipped_models_load_offline_with_the_right_shapes(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    from prpg.models import TOYBOX_GENERATOR, load_backbone, load_generator
+    from prpg.zoo.generator import sample
+
+    monkeypatch.chdir(ROOT)
+    enc = load_backbone("toybox")
+    assert enc(torch.randn(1, 3, 112, 112)).shape == (1, 128)
+    assert enc.forward_features(torch.randn(1, 3, 128, 128)).shape == (1, 1 + 16 * 16, 128)
+    pipe = load_generator(TOYBOX_GENERATOR)
+    assert np.asarray(sample(pipe, ["a photo of a mug"], seed=0, steps=2)[0]).shape == (64, 64, 3)
+    size = sum(p.stat().st_size for p in SHIPPED.rglob("*") if p.is_file())
+    assert size <= 40e6, f"models/toybox is {size / 1e6:.1f} MB (budget 40 MB)"
+    for sub in ("encoder", "generator"):
+        card = json.loads((SHIPPED / sub / "card.json").read_text())
+        assert card["metrics"], f"{sub} card has no measured gates"
+
+
+@pytest.mark.skipif(not SHIPPED.is_dir(), reason="models/toybox not built yet")
+def test_shipped_encoder_category_gate(toybox_world):
+    """Category linear probe on pool train images, evaluated on the val instances: >= 90 %."""
+    from prpg.data import load_dataset
+    from prpg.models import load_backbone
+    from prpg.zoo.encoder import eval_transform
+
+    pool, world = load_dataset(toybox_world / "toybox_pool"), load_dataset(toybox_world / "toybox")
+    enc = load_backbone(SHIPPED / "encoder")
+    tf = eval_transform(EncoderConfig())
+    train = pool.images("train")
+    probe = gates.fit_category_probe(gates.embed(enc, gates.load_images(train), tf),
+                                     [pool.instance(r.instance).category for r in train])
+    val = [r for i in world.instances_in(split="val") for r in world.images("test", i.name)]
+    acc = gates.category_probe_accuracy(probe, gates.embed(enc, gates.load_images(val), tf),
+                                        [world.instance(r.instance).category for r in val])
+    assert acc >= 0.9, acc

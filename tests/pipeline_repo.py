@@ -24,15 +24,6 @@ MICRO_TOYBOX = {
 }
 
 
-MICRO_PRETRAIN = {
-    "encoder": {"steps": 3, "batch": 4},
-    "generator": {"vae_steps": 3, "vae_batch": 2, "unet_steps": 3, "unet_batch": 2},
-    "dreambooth": {"steps": 2},
-    "gates": {"samples_per_category": 1, "sample_steps": 2, "dreambooth_instance": "mug_01",
-              "dreambooth_class_images": 1, "dreambooth_samples": 1},
-}
-
-
 def env() -> dict[str, str]:
     """The project's environment first on PATH (stages call jupytext/papermill by name)."""
     e = dict(os.environ)
@@ -59,8 +50,6 @@ def copy_repo(dst: Path, toybox: dict | None = None) -> Path:
             shutil.copy2(src, dst / rel)
     params = yaml.safe_load((dst / "params.yaml").read_text())
     params["data"]["toybox"].update(toybox or MICRO_TOYBOX)
-    for group, values in MICRO_PRETRAIN.items():
-        params["pretrain"][group].update(values)
     (dst / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     run(["git", "init", "-q", "-b", "main"], dst)
     run(["git", "add", "-A"], dst)

@@ -1,6 +1,7 @@
 """Smoke test of the DVC + papermill pipeline on a micro toybox, in a temporary git repo."""
 
 import json
+import re
 
 import pytest
 import yaml
@@ -29,7 +30,8 @@ def test_repro_builds_data_then_is_up_to_date(repo):
     assert (repo / "reports/figures/toybox_gallery.png").stat().st_size > 10_000
     executed = json.loads((repo / "outputs/executed/01_data.ipynb").read_text())
     injected = [c for c in executed["cells"] if "injected-parameters" in c["metadata"].get("tags", [])]
-    assert injected and "'size': 64" in "".join(injected[0]["source"])  # params.yaml reached the notebook
+    injected_src = "".join(injected[0]["source"]) if injected else ""
+    assert re.search(r"""["']size["']: 64\b""", injected_src), injected_src  # params.yaml reached the notebook
     assert not any(p.name.startswith(".") and "tmp" in p.name for p in (repo / "outputs/data").iterdir())
 
     second = run(["dvc", "repro"], repo)
@@ -45,20 +47,4 @@ def test_changing_a_data_param_marks_the_stage_changed(repo):
     params["data"]["gallery_instances_per_category"] = 2
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     status = run(["dvc", "status", "data"], repo).stdout
-    assert "modified:" in status and "data.gallery_instances_per_category" in status
-
-
-def test_pretrain_recipe_regenerates_the_model_zoo_at_micro_scale(repo):
-    """The frozen stage is skipped by `dvc repro`; unfrozen, it retrains and replaces models/toybox."""
-    run(["dvc", "repro"], repo)
-    assert "pretrain_toybox" not in run(["dvc", "repro", "--dry"], repo).stdout
-    run(["dvc", "unfreeze", "pretrain_toybox"], repo)
-    out = run(["dvc", "repro", "pretrain_toybox"], repo)
-    assert "Running stage 'pretrain_toybox'" in out.stdout
-    for sub in ["encoder/model.safetensors", "encoder/config.json", "encoder/README.md",
-                "generator/model_index.json", "generator/unet/diffusion_pytorch_model.safetensors", "generator/README.md"]:
-        assert (repo / "models/toybox" / sub).is_file(), sub
-    card = json.loads((repo / "models/toybox/generator/card.json").read_text())
-    assert card["facts"]["steps"] == "vae 3 x 2, unet 3 x 2"  # the micro params reached the recipe
-    metrics = json.loads((repo / "reports/metrics/toybox_models.json").read_text())
-    assert set(metrics) >= {"encoder", "generator", "dreambooth_smoke"}
+    assert "params.yaml" in status and re.search(r"modified:\s+data\b", status), status

@@ -98,6 +98,7 @@ def _parameters_cell_names(nb_path: Path) -> set[str]:
 @pytest.mark.parametrize("name", sorted(_stages()))
 def test_stage_follows_papermill_conventions(name):
     stage = _stages()[name]
+    stage = stage.get("do", stage)  # foreach stages: check the template
     cmds = stage["cmd"] if isinstance(stage["cmd"], list) else [stage["cmd"]]
     pm = [c for c in cmds if c.startswith("papermill ")]
     if not pm:
@@ -105,7 +106,8 @@ def test_stage_follows_papermill_conventions(name):
     cmd = pm[0]
     for flag in ["-k python3", "--cwd .", "-f params.yaml", "--no-progress-bar"]:
         assert flag in cmd, f"stage {name}: papermill without {flag}"
-    assert " -p " not in cmd or "-p instance" in cmd, f"stage {name}: -p only for plain strings"
+    for value in re.findall(r" -p (\S+) ", cmd):
+        assert value in {"instance", "category"}, f"stage {name}: -p only for the foreach item (a plain string)"
     executed = cmd.split()[2]
     deps = [str(d) for d in stage.get("deps", [])]
     outs = [next(iter(o)) if isinstance(o, dict) else o for o in stage.get("outs", [])]
@@ -115,13 +117,13 @@ def test_stage_follows_papermill_conventions(name):
     source = next(c.split()[-1] for c in cmds if c.startswith("jupytext "))
     assert source in deps and source.startswith("notebooks/") and source.endswith(".py")
     # The parameters cell declares exactly the groups the stage says it reads.
-    groups = {g if isinstance(g, str) else next(iter(g)) for g in stage.get("params", [])}
+    groups = {(g if isinstance(g, str) else next(iter(g))).split(".")[0] for g in stage.get("params", [])}
     names = _parameters_cell_names(ROOT / source) - {"instance", "category"}
     assert names == groups, f"{source} parameters {sorted(names)} != stage {name} params {sorted(groups)}"
 
 
 def test_every_notebook_is_a_stage():
-    used = {c.split()[-1] for s in _stages().values() for c in (s["cmd"] if isinstance(s["cmd"], list) else [s["cmd"]])
-            if c.startswith("jupytext ")}
+    cmds = [c for s in _stages().values() for c in s.get("do", s)["cmd"]]
+    used = {c.split()[-1] for c in cmds if c.startswith("jupytext ")}
     for nb in sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.py")):
         assert f"notebooks/{nb.name}" in used, f"{nb.name} is not run by any dvc.yaml stage"

@@ -48,10 +48,12 @@ def _download(args: argparse.Namespace) -> int:
 
 
 def _params(args: argparse.Namespace) -> int:
-    from prpg.params import load_params
+    from pydantic import TypeAdapter
+
+    from prpg.params import GROUPS, load_params
 
     for name, group in load_params(args.file).items():
-        print(f"{name}: {group.model_dump()}")
+        print(f"{name}: {TypeAdapter(GROUPS[name]).dump_python(group)}")
     return 0
 
 

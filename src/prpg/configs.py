@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import ConfigDict
+from pydantic import ConfigDict, Field
 from pydantic.dataclasses import dataclass
 
 
@@ -24,13 +24,13 @@ class GeneratorConfig:
     text_layers: int = 2
     text_heads: int = 2
     max_length: int = 32  # toybox captions are short; SD uses 77
-    vae_steps: int = 1500
+    vae_steps: int = 800
     vae_batch: int = 16
     vae_lr: float = 1e-3
     vae_kl_weight: float = 1e-6
-    unet_steps: int = 6000
+    unet_steps: int = 8000
     unet_batch: int = 16
-    unet_lr: float = 5e-4
+    unet_lr: float = 1e-3
     caption_dropout: float = 0.1
     ema_decay: float = 0.999
 
@@ -43,9 +43,9 @@ class EncoderConfig:
     embed_dim: int = 128
     depth: int = 4
     heads: int = 4
-    steps: int = 600
-    batch: int = 48
-    lr: float = 1e-3
+    steps: int = 1000
+    batch: int = 32
+    lr: float = 2e-3
     weight_decay: float = 0.05
     color_jitter: float = 0.3
 
@@ -75,3 +75,87 @@ class DreamBoothConfig:
     use_8bit_adam: bool = False  # bitsandbytes AdamW8bit; CUDA only, else torch AdamW
     mixed_precision: Literal["no", "fp16", "bf16"] = "no"  # autocast; the reference trains in fp32
     device: str = "cpu"  # cpu | cuda | cuda:N | auto
+
+
+# ---- stage "synthesize" (prpg.synthesize) and "filter" (prpg.filtering) ----
+Scheduler = Literal["default", "ddim", "dpm++"]
+NEGATIVE_PROMPT = "a photo of a {category}"
+DreamSimType = Literal["ensemble", "dino_vitb16", "clip_vitb32", "open_clip_vitb32"]
+
+
+@dataclass(frozen=True, config=ConfigDict(extra="forbid"))
+class SynthesizeConfig:
+    n: int = Field(450, ge=1)  # paper: 450 positives per instance (file mode makes 500)
+    prompt_mode: Literal["class", "file"] = "file"  # the paper's best sets use the LLM scene prompts
+    prompt_file: str = "pods"  # a shipped set (pods, df2, dogs, toybox) or a JSON path
+    guidance: float = Field(5.0, ge=0)  # paper: 4, 5 or 7.5; 5 is its best / default
+    steps: int = Field(50, ge=1)
+    scheduler: Scheduler = "default"  # default = the pipeline's own (PNDM for SD 1.5), as the reference
+    batch: int = Field(4, ge=1)
+    identifier: str = "<new1>"
+
+
+@dataclass(frozen=True, config=ConfigDict(extra="forbid"))
+class NegativesConfig:
+    # The paper's count is not in the available sources. An instance's triplets draw from its
+    # category's pool uniformly WITH replacement (4500 triplets), so 1000 negatives appear ~4.5 times
+    # each: varied enough not to be memorised, for 1000 SD images per category (5000 for PODS).
+    n: int = Field(1000, ge=1)
+    prompt: str = NEGATIVE_PROMPT  # unconfirmed in the sources; matches the DreamBooth class prompt
+    guidance: float = Field(7.5, ge=0)  # the frozen SD pipeline's default, as for the class images
+    steps: int = Field(50, ge=1)
+    scheduler: Scheduler = "default"
+    batch: int = Field(8, ge=1)
+
+
+@dataclass(frozen=True, config=ConfigDict(extra="forbid"))
+class CutPasteConfig:
+    n: int = Field(450, ge=1)  # composites per instance (as many as DreamBooth positives)
+    # Scale s ~ U(scale_min, scale_max): the pasted object's longer side (of its mask's tight box)
+    # becomes s x the background's shorter side, aspect kept; s > 1 overflows and is clipped.
+    scale_min: float = Field(0.3, gt=0)
+    scale_max: float = Field(1.3, gt=0)
+    # The paper released both variants without saying which its "Cut/Paste" row uses; "both"
+    # alternates them (even files real, odd generated), "real" / "generated" reproduce one release.
+    backgrounds: Literal["real", "generated", "both"] = "both"
+    # Real backgrounds: TRAIN images of other instances, never test images (those are what the
+    # evaluation scores). "other_categories" keeps the instance's own category out of the scene;
+    # single-category datasets (DF2 shirts, Dogs) must use "other_instances".
+    real_source: Literal["other_categories", "other_instances"] = "other_categories"
+    size: int = Field(512, ge=8)  # composites are size x size (SD 1.5's resolution)
+    # Generated backgrounds: the category's scene prompts with the subject removed
+    # ("A <new1> mug on a picnic table" -> "a photo of a picnic table"), from the frozen generator,
+    # shared per category like the negatives.
+    background_prompt_file: str = "pods"
+    n_generated_backgrounds: int = Field(100, ge=1)  # one per scene prompt
+    guidance: float = Field(7.5, ge=0)
+    steps: int = Field(50, ge=1)
+    scheduler: Scheduler = "default"
+    batch: int = Field(8, ge=1)
+
+    def __post_init__(self) -> None:
+        if self.scale_min > self.scale_max:
+            raise ValueError(f"CutPasteConfig: scale_min {self.scale_min} > scale_max {self.scale_max}")
+
+
+@dataclass(frozen=True, config=ConfigDict(extra="forbid"))
+class FilterConfig:
+    model: Literal["dreamsim", "backbone"] = "backbone"
+    # timm ViT (prpg.models.load_backbone name): the similarity model when model="backbone", and the
+    # patch features that localize the object for "dense_otsu" / "persam".
+    backbone: str = "toybox"
+    dreamsim_type: DreamSimType = "ensemble"
+    cache_dir: str | None = None  # DreamSim weights; None -> $PRPG_DREAMSIM_CACHE or ~/.cache/prpg/dreamsim
+    threshold: float = Field(0.6, ge=-1.0, le=1.0)
+    reduce: Literal["mean", "max"] = "mean"
+    localize: Literal["dense_otsu", "persam", "none"] = "dense_otsu"
+    sam: str = "facebook/sam-vit-huge"  # hub id or local save_pretrained folder (persam only)
+    persam_points: int = Field(2, ge=1)
+    dense_resolution: int | None = Field(None, ge=1)  # patch-feature input side; None: the backbone's
+    backbone_resize: Literal["squash", "eval"] = "squash"  # see prpg.similarity.backbone_transform
+    max_attempts: int = Field(5000, ge=1)  # images looked at, localized or not (ref. max_image_count)
+    keep_rejected: int | Literal["all"] = 15  # rejected images saved for inspection (reference: first 15)
+
+    def __post_init__(self):
+        if isinstance(self.keep_rejected, int) and self.keep_rejected < 0:
+            raise ValueError(f"keep_rejected must be >= 0 or 'all', got {self.keep_rejected}")

@@ -11,9 +11,18 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, model_validator
+from pydantic.dataclasses import dataclass
 
-from prpg.configs import DreamBoothConfig, EncoderConfig, GeneratorConfig
+from prpg.configs import (
+    CutPasteConfig,
+    DreamBoothConfig,
+    EncoderConfig,
+    FilterConfig,
+    GeneratorConfig,
+    NegativesConfig,
+    SynthesizeConfig,
+)
 
 
 class ParamsError(ValueError):
@@ -86,7 +95,56 @@ class PretrainParams(_Group):
     gates: GatesParams = GatesParams()
 
 
-GROUPS: dict[str, type[_Group]] = {"common": CommonParams, "data": DataParams, "pretrain": PretrainParams}
+class InstanceRef(_Group):
+    name: str
+    category: str
+
+
+class RunParams(_Group):
+    """What the per-category and per-instance stages run over (dvc.yaml `foreach`). No stage lists
+    this group as a param: adding an instance adds stages, it does not invalidate the others."""
+
+    categories: list[str] = ["mug", "bottle", "screwdriver", "shoe", "tote"]
+    instances: list[InstanceRef] = []
+
+    @model_validator(mode="after")
+    def _known_categories(self) -> RunParams:
+        unknown = sorted({i.category for i in self.instances} - set(self.categories))
+        if unknown:
+            raise ValueError(f"instances use categories {unknown} that are not in run.categories")
+        return self
+
+
+class ModelsParams(_Group):
+    """Which models the generation stages use: a hub id (paper) or a local folder (toybox)."""
+
+    generator: str = "models/toybox/generator"  # paper: stable-diffusion-v1-5/stable-diffusion-v1-5
+    backbone: str = "toybox"  # paper: dinov2_vitb14 | clip_vitb16 | mae_vitb16
+
+
+class SynthesisParams(_Group):
+    positives: SynthesizeConfig = SynthesizeConfig()
+    negatives: NegativesConfig = NegativesConfig()
+    cut_paste: CutPasteConfig = CutPasteConfig()
+
+
+@dataclass(frozen=True, config=ConfigDict(extra="forbid"))
+class FilterStageConfig(FilterConfig):
+    n_keep: int = Field(50, ge=1)  # positives to keep per instance (reference --n)
+    sample_more: bool = True  # when the synthesized set runs out, sample more (up to max_attempts)
+
+
+# A group's schema is a pydantic model or a pydantic dataclass (the stage's own config class).
+GROUPS: dict[str, Any] = {
+    "common": CommonParams,
+    "data": DataParams,
+    "pretrain": PretrainParams,
+    "run": RunParams,
+    "models": ModelsParams,
+    "personalize": DreamBoothConfig,
+    "synthesize": SynthesisParams,
+    "filter": FilterStageConfig,
+}
 
 
 def _format(group: str, err: ValidationError, source: str) -> str:
@@ -105,7 +163,7 @@ def parse_group(group: str, values: dict[str, Any] | None, source: str = "params
     if values is not None and not isinstance(values, dict):
         raise ParamsError(f"{source}: group '{group}' must be a mapping, got {type(values).__name__}")
     try:
-        return GROUPS[group].model_validate(values or {})
+        return TypeAdapter(GROUPS[group]).validate_python(values or {})
     except ValidationError as err:
         raise ParamsError(_format(group, err, source)) from None
 

@@ -71,8 +71,22 @@ def embed(model, images, transform, batch: int = 64) -> torch.Tensor:
     return F.normalize(torch.cat(feats), dim=-1)
 
 
-def pretrain_encoder(images, labels: list[int], n_classes: int, out_dir: Path, cfg: EncoderConfig, seed: int) -> dict:
-    """Category-supervised pretraining; saves config.json + model.safetensors (timm's HF format)."""
+def object_crop(image, box: tuple[int, int, int, int] | None, rng: np.random.Generator, max_margin: float = 0.4):
+    """The object's mask box grown by a random margin (a square-ish, object-centred view)."""
+    if box is None:
+        return image
+    x0, y0, x1, y1 = box
+    m = rng.uniform(0.1, max_margin) * max(x1 - x0, y1 - y0)
+    return image.crop((max(0, int(x0 - m)), max(0, int(y0 - m)), min(image.width, int(x1 + m)), min(image.height, int(y1 + m))))
+
+
+def pretrain_encoder(images, labels: list[int], n_classes: int, out_dir: Path, cfg: EncoderConfig, seed: int,
+                     boxes: list | None = None) -> dict:
+    """Category-supervised pretraining; saves config.json + model.safetensors (timm's HF format).
+
+    With `boxes` (the images' mask boxes), half of each batch is object-centred crops: scenes hold
+    distractors of other categories, and a tiny ViT trained from scratch on whole scenes alone learns
+    the category too slowly for a CPU budget (measured: 40 % probe accuracy after 600 steps)."""
     from timm.models import save_for_hf
 
     torch.manual_seed(seed)
@@ -85,13 +99,17 @@ def pretrain_encoder(images, labels: list[int], n_classes: int, out_dir: Path, c
 
     sched = get_cosine_schedule_with_warmup(opt, num_warmup_steps=cfg.steps // 10, num_training_steps=cfg.steps)
     tf = train_transform(cfg)
+    rng = np.random.default_rng(seed)
     y_all = torch.tensor(labels)
     losses, accs = [], []
     t0, cpu0 = time.perf_counter(), time.process_time()
     model.train()
-    for _ in tqdm(range(cfg.steps), desc="encoder", mininterval=5):
+    bar = tqdm(range(cfg.steps), desc="encoder", mininterval=5)
+    for _ in bar:
         idx = torch.randint(len(images), (cfg.batch,), generator=gen)
-        x = torch.stack([tf(images[i]) for i in idx.tolist()])
+        views = [object_crop(images[i], boxes[i], rng) if boxes is not None and k % 2 == 0 else images[i]
+                 for k, i in enumerate(idx.tolist())]
+        x = torch.stack([tf(v) for v in views])
         logits = head(model(x))
         loss = F.cross_entropy(logits, y_all[idx])
         opt.zero_grad(set_to_none=True)
@@ -100,6 +118,7 @@ def pretrain_encoder(images, labels: list[int], n_classes: int, out_dir: Path, c
         sched.step()
         losses.append(loss.item())
         accs.append((logits.argmax(-1) == y_all[idx]).float().mean().item())
+        bar.set_postfix(loss=f"{np.mean(losses[-20:]):.3f}", acc=f"{np.mean(accs[-20:]):.2f}", refresh=False)
     seconds, cpu_seconds = time.perf_counter() - t0, time.process_time() - cpu0
     model.eval()
     save_for_hf(model, str(out_dir), model_args=model_args(cfg), safe_serialization=True)

@@ -24,6 +24,31 @@ MICRO_TOYBOX = {
 }
 
 
+MICRO_PRETRAIN = {
+    "encoder": {"steps": 3, "batch": 4},
+    "generator": {"vae_steps": 3, "vae_batch": 2, "unet_steps": 3, "unet_batch": 2},
+    "dreambooth": {"steps": 2},
+    "gates": {"samples_per_category": 1, "sample_steps": 2, "dreambooth_instance": "mug_01",
+              "dreambooth_class_images": 1, "dreambooth_samples": 1},
+}
+
+# One instance, tiny step counts: the generation stages end to end in seconds.
+MICRO_RUN = {
+    "run": {"categories": ["mug"], "instances": {"mug_01": "mug"}},
+    "personalize": {"steps": 2, "num_class_images": 2, "class_steps": 2, "class_batch": 2},
+    "synthesize": {"positives": {"n": 4, "prompt_mode": "class", "steps": 2, "batch": 4},
+                   "negatives": {"n": 4, "steps": 2, "batch": 4},
+                   "cut_paste": {"n": 4, "n_generated_backgrounds": 2, "steps": 2, "batch": 2}},
+    "filter": {"n_keep": 2, "max_attempts": 6},
+}
+
+
+def _merge(base: dict, override: dict) -> dict:
+    for k, v in override.items():
+        base[k] = _merge(dict(base.get(k) or {}), v) if isinstance(v, dict) and k != "instances" else v
+    return base
+
+
 def env() -> dict[str, str]:
     """The project's environment first on PATH (stages call jupytext/papermill by name)."""
     e = dict(os.environ)
@@ -40,7 +65,9 @@ def run(cmd: list[str], cwd: Path, check: bool = True) -> subprocess.CompletedPr
     return proc
 
 
-def copy_repo(dst: Path, toybox: dict | None = None) -> Path:
+def copy_repo(dst: Path, toybox: dict | None = None, params: dict | None = None) -> Path:
+    """Copy the repo to dst as a fresh git repo; micro toybox world, plus `params` merged into
+    params.yaml (nested dicts are merged key by key)."""
     files = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], cwd=ROOT,
                            capture_output=True, text=True, check=True).stdout.split("\0")
     for rel in filter(None, files):
@@ -48,9 +75,10 @@ def copy_repo(dst: Path, toybox: dict | None = None) -> Path:
         if src.is_file() and not rel.startswith(("outputs/", "reports/metrics/", "reports/figures/")):
             (dst / rel).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(src, dst / rel)
-    params = yaml.safe_load((dst / "params.yaml").read_text())
-    params["data"]["toybox"].update(toybox or MICRO_TOYBOX)
-    (dst / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    values = yaml.safe_load((dst / "params.yaml").read_text())
+    values["data"]["toybox"].update(toybox or MICRO_TOYBOX)
+    _merge(values, params or {})
+    (dst / "params.yaml").write_text(yaml.safe_dump(values, sort_keys=False))
     run(["git", "init", "-q", "-b", "main"], dst)
     run(["git", "add", "-A"], dst)
     run(["git", "commit", "-qm", "micro copy"], dst)

@@ -6,14 +6,17 @@ import re
 import pytest
 import yaml
 
-from tests.pipeline_repo import MICRO_TOYBOX, copy_repo, run
+from tests.pipeline_repo import MICRO_PRETRAIN, MICRO_RUN, MICRO_TOYBOX, ROOT, copy_repo, run
+
+needs_models = pytest.mark.skipif(not (ROOT / "models/toybox/generator").is_dir(), reason="models/toybox not built yet")
 
 
 @pytest.fixture(scope="module")
 def repo(tmp_path_factory):
-    return copy_repo(tmp_path_factory.mktemp("repo"))
+    return copy_repo(tmp_path_factory.mktemp("repo"), params=MICRO_RUN)
 
 
+@needs_models
 def test_repro_builds_data_then_is_up_to_date(repo):
     first = run(["dvc", "repro"], repo)
     assert "Running stage 'data'" in first.stdout
@@ -41,6 +44,36 @@ def test_repro_builds_data_then_is_up_to_date(repo):
     assert "up to date" in status.stdout
 
 
+@needs_models
+def test_generation_stages_write_their_outputs(repo):
+    run(["dvc", "repro"], repo)
+    for folder, n in [("outputs/class_images/mug", 2), ("outputs/negatives/mug", 4), ("outputs/backgrounds/mug", 2),
+                      ("outputs/synthetic/mug_01/dreambooth", 4), ("outputs/synthetic/mug_01/cut_paste", 4),
+                      ("outputs/synthetic/mug_01/cut_paste_masks", 4)]:
+        assert len(list((repo / folder).glob("*.png"))) == n, folder
+    assert (repo / "outputs/personalize/mug_01/unet/config.json").is_file()
+    summary = json.loads((repo / "outputs/filtered/mug_01/summary.json").read_text())
+    assert summary["attempts"] <= MICRO_RUN["filter"]["max_attempts"]
+    assert summary["kept"] == len(list((repo / "outputs/filtered/mug_01/kept").glob("*.png")))
+    for nb in ["02_priors/mug", "03_personalize/mug_01", "04_synthesize/mug_01", "05_filter/mug_01"]:
+        assert (repo / f"outputs/executed/{nb}.ipynb").is_file(), nb
+
+
+def test_pretraining_recipe_runs_at_micro_scale(tmp_path):
+    """The frozen zoo stage regenerates models/toybox from scratch (micro step counts)."""
+    repo = copy_repo(tmp_path, params={"pretrain": MICRO_PRETRAIN})
+    run(["dvc", "repro", "data"], repo)
+    run(["dvc", "unfreeze", "pretrain_toybox"], repo)
+    run(["dvc", "repro", "pretrain_toybox"], repo)
+    for sub in ("encoder", "generator"):
+        card = json.loads((repo / f"models/toybox/{sub}/card.json").read_text())
+        assert card["metrics"] and card["facts"]["size on disk (MB)"] > 0
+    assert (repo / "models/toybox/generator/unet/diffusion_pytorch_model.safetensors").is_file()
+    metrics = json.loads((repo / "reports/metrics/toybox_models.json").read_text())
+    assert set(metrics) >= {"encoder", "generator", "dreambooth_smoke"}
+
+
+@needs_models
 def test_changing_a_data_param_marks_the_stage_changed(repo):
     run(["dvc", "repro"], repo)
     params = yaml.safe_load((repo / "params.yaml").read_text())

@@ -100,26 +100,28 @@ def test_stage_follows_papermill_conventions(name):
     stage = _stages()[name]
     stage = stage.get("do", stage)  # foreach stages: check the template
     cmds = stage["cmd"] if isinstance(stage["cmd"], list) else [stage["cmd"]]
-    pm = [c for c in cmds if c.startswith("papermill ")]
-    if not pm:
-        return
-    cmd = pm[0]
-    for flag in ["-k python3", "--cwd .", "-f params.yaml", "--no-progress-bar"]:
-        assert flag in cmd, f"stage {name}: papermill without {flag}"
-    for value in re.findall(r" -p (\S+) ", cmd):
-        assert value in {"instance", "category"}, f"stage {name}: -p only for the foreach item (a plain string)"
-    executed = cmd.split()[2]
+    # Every papermill call, also inside a compound command (the zoo stage runs two at once).
+    pm = [m.strip() for c in cmds for m in re.findall(r"papermill [^;&]+", c)]
     deps = [str(d) for d in stage.get("deps", [])]
     outs = [next(iter(o)) if isinstance(o, dict) else o for o in stage.get("outs", [])]
-    assert executed in outs and executed not in deps, f"stage {name}: executed notebook must be an out only"
     for out in outs + [next(iter(m)) for m in stage.get("metrics", [])]:
         assert not out.startswith("data/"), f"stage {name} writes under data/ (tracked by data.dvc)"
-    source = next(c.split()[-1] for c in cmds if c.startswith("jupytext "))
-    assert source in deps and source.startswith("notebooks/") and source.endswith(".py")
-    # The parameters cell declares exactly the groups the stage says it reads.
+    for cmd in pm:
+        for flag in ["-k python3", "--cwd .", "-f params.yaml", "--no-progress-bar"]:
+            assert flag in cmd, f"stage {name}: papermill without {flag}"
+        assert " -p " not in cmd, f"stage {name}: use -r for the foreach item (-p retypes values)"
+        for value in re.findall(r" -r (\S+) ", cmd):
+            assert value in {"instance", "category"}, f"stage {name}: -r only for the foreach item"
+        executed = cmd.split()[2]
+        assert executed in outs and executed not in deps, f"stage {name}: executed notebook must be an out only"
+    sources = [c.split()[-1] for c in cmds if c.startswith("jupytext ")]
+    assert len(sources) == len(pm), f"stage {name}: one jupytext conversion per papermill run"
     groups = {(g if isinstance(g, str) else next(iter(g))).split(".")[0] for g in stage.get("params", [])}
-    names = _parameters_cell_names(ROOT / source) - {"instance", "category"}
-    assert names == groups, f"{source} parameters {sorted(names)} != stage {name} params {sorted(groups)}"
+    for source in sources:
+        assert source in deps and source.startswith("notebooks/") and source.endswith(".py")
+        # The parameters cell declares exactly the groups the stage says it reads.
+        names = _parameters_cell_names(ROOT / source) - {"instance", "category"}
+        assert names == groups, f"{source} parameters {sorted(names)} != stage {name} params {sorted(groups)}"
 
 
 def test_every_notebook_is_a_stage():

@@ -95,7 +95,7 @@ def test_dreambooth_trains_unet_and_text_encoder_only(tmp_path):
     assert changed == {"unet": True, "vae": False, "text_encoder": True}
 
 
-@pytest.mark.skipif(not SHIPPED.is_dir(), reason="models/toybox not built yet")
+@pytest.mark.skipif(not (SHIPPED / "encoder/card.json").is_file(), reason="models/toybox not built yet")
 def test_shipped_models_load_offline_with_the_right_shapes(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     from prpg.models import TOYBOX_GENERATOR, load_backbone, load_generator
@@ -103,7 +103,7 @@ def test_shipped_models_load_offline_with_the_right_shapes(monkeypatch):
 
     monkeypatch.chdir(ROOT)
     enc = load_backbone("toybox")
-    assert enc(torch.randn(1, 3, 112, 112)).shape == (1, 128)
+    assert enc(torch.randn(1, 3, 64, 64)).shape == (1, 128)
     assert enc.forward_features(torch.randn(1, 3, 128, 128)).shape == (1, 1 + 16 * 16, 128)
     pipe = load_generator(TOYBOX_GENERATOR)
     assert np.asarray(sample(pipe, ["a photo of a mug"], seed=0, steps=2)[0]).shape == (64, 64, 3)
@@ -114,7 +114,7 @@ def test_shipped_models_load_offline_with_the_right_shapes(monkeypatch):
         assert card["metrics"], f"{sub} card has no measured gates"
 
 
-@pytest.mark.skipif(not SHIPPED.is_dir(), reason="models/toybox not built yet")
+@pytest.mark.skipif(not (SHIPPED / "encoder/card.json").is_file(), reason="models/toybox not built yet")
 def test_shipped_encoder_category_gate(toybox_world):
     """Category linear probe on pool train images, evaluated on the val instances: >= 90 %."""
     from prpg.data import load_dataset

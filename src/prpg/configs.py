@@ -28,7 +28,7 @@ class GeneratorConfig:
     vae_batch: int = 16
     vae_lr: float = 1e-3
     vae_kl_weight: float = 1e-6
-    unet_steps: int = 8000
+    unet_steps: int = 6000
     unet_batch: int = 16
     unet_lr: float = 1e-3
     caption_dropout: float = 0.1
@@ -37,17 +37,20 @@ class GeneratorConfig:
 
 @dataclass(frozen=True, config=ConfigDict(extra="forbid"))
 class EncoderConfig:
-    image_size: int = 112
-    resize: int = 128
+    image_size: int = 64  # 8x8 patch grid at 64 px; dense tasks run it at 128 px (16x16) with interpolated pos-embeds
+    resize: int = 73  # DINOv2's 256 -> 224 ratio
     patch_size: int = 8
     embed_dim: int = 128
     depth: int = 4
     heads: int = 4
-    steps: int = 1000
+    steps: int = 8000  # ViTs from scratch need many epochs: 3000 steps gave a 0.50 val probe
     batch: int = 32
-    lr: float = 2e-3
+    lr: float = 1e-3
     weight_decay: float = 0.05
     color_jitter: float = 0.3
+    # Share of training views that are object-centred crops (from the mask box) rather than whole
+    # scenes: a scene with distractors of other categories has an ambiguous category label.
+    object_crops: float = Field(1.0, ge=0.0, le=1.0)
 
 
 @dataclass(frozen=True, config=ConfigDict(extra="forbid"))
@@ -159,3 +162,61 @@ class FilterConfig:
     def __post_init__(self):
         if isinstance(self.keep_rejected, int) and self.keep_rejected < 0:
             raise ValueError(f"keep_rejected must be >= 0 or 'all', got {self.keep_rejected}")
+
+
+# ---- stage "train" (prpg.contrastive, prpg.triplets) ----
+TrainLoss = Literal["info_nce", "multi_pos", "hinge"]
+RefType = Literal["real", "synthetic", "both"]
+
+
+@dataclass(frozen=True, config=ConfigDict(extra="forbid"))
+class TrainConfig:
+    """Contrastive LoRA fine-tuning (protocol §1.6-1.7); the defaults are the paper's."""
+
+    loss: TrainLoss = "info_nce"  # reference info_nce_fixed; multi_pos; hinge (on embeddings, fixed)
+    temperature: float = Field(0.07, gt=0)  # hard-coded in the reference
+    margin: float = Field(0.05, ge=0)  # hinge only
+    feature: Literal["cls+patch", "cls"] = "cls+patch"  # training embedding (reference patch_tokens=True)
+    lora_r: int = Field(16, ge=1)
+    lora_alpha: float = Field(0.5, gt=0)  # scaling alpha / r = 0.03125
+    lora_dropout: float = Field(0.3, ge=0, lt=1)
+    lr: float = Field(3e-4, gt=0)
+    betas: tuple[float, float] = (0.5, 0.999)
+    weight_decay: float = Field(0.0, ge=0)
+    batch: int = Field(16, ge=1)
+    epochs: int = Field(2, ge=1)
+    max_steps: int | None = Field(None, ge=1)  # optional cap on optimizer steps (all epochs)
+    augment: bool = True  # flip, rotation +-10 deg, RandomResizedCrop(crop, 0.8-1.0) on normalized tensors
+    ref_type: RefType = "real"  # anchor pool: the real train images, the synthetic positives, or both
+    num_synthetic: int | None = Field(450, ge=1)  # positives kept after the seeded shuffle; None: all
+    num_triplets: int = Field(4500, ge=1)
+    device: str = "cpu"  # cpu | cuda | cuda:N | auto
+    bf16: bool = True  # bf16 autocast on CUDA (ignored on CPU); the reference trains in fp32
+    num_workers: int = Field(0, ge=0)
+
+
+# ---- stage "evaluate" (prpg.evaluation) ----
+EvalTask = Literal["classification", "retrieval", "dense"]  # dense = detection + segmentation
+
+
+@dataclass(frozen=True, config=ConfigDict(extra="forbid"))
+class EvalConfig:
+    tasks: tuple[EvalTask, ...] = ("classification", "retrieval", "dense")
+    # Global feature of both models. The paper evaluates on the CLS token although it trains on
+    # concat(CLS, mean patch) (protocol §2.0, weak point 10); "cls+patch" evaluates what was trained.
+    eval_feature: Literal["cls", "cls+patch"] = "cls"
+    top_k: int = Field(10, ge=1)  # retrieval top-k accuracy, reported as retrieval_top{k}
+    # Dense path: long side resized to dense_grid x patch_size px, padded to a square. The paper uses a
+    # 64x64 grid (896 px for /14, 1024 px for /16); 16 suits toybox (16 x 8 px = its native 128 px).
+    dense_grid: int = Field(16, ge=1)
+    dense_mode: Literal["threshold", "persam"] = "threshold"  # persam needs the `sam` weights
+    target_images: Literal["first", "all"] = "first"  # the paper: the first train image's mask only
+    box_geometry: Literal["fixed", "reference"] = "fixed"  # reference: boxes ignore the padding (§5.16)
+    min_object_size: int | None = Field(None, ge=1)  # None: 100 px per 1024x1024 px of image (the paper's 100)
+    sam: str = "facebook/sam-vit-huge"  # hub id or local save_pretrained folder (persam only)
+    persam_points: int = Field(2, ge=1)
+    batch: int = Field(32, ge=1)
+    device: str = "cpu"
+    # Models (keys of evaluate_instance's `models`) whose features are cached under cache_dir: the
+    # pretrained backbone is the same for every instance; a personalized one would only fill the disk.
+    cache_models: tuple[str, ...] = ("pretrained",)

@@ -86,6 +86,19 @@ def backbone_source(name_or_path: str | Path) -> str:
     return f"hf-hub:{PAPER_BACKBONES.get(name, name)}"
 
 
+# The timm hub config of OpenAI's CLIP names the plain-GELU ViT class; CLIP was trained with QuickGELU.
+QUICK_GELU = {PAPER_BACKBONES["clip_vitb16"]}
+
+
+def use_quick_gelu(model):
+    """Set every block's MLP activation to QuickGELU (OpenAI CLIP's), in place."""
+    from timm.layers import QuickGELU
+
+    for block in model.blocks:
+        block.mlp.act = QuickGELU()
+    return model
+
+
 def load_backbone(name_or_path: str | Path, *, local_files_only: bool | None = None):
     """A timm ViT with no classifier head that takes any input size (interpolated position embeddings)."""
     import timm
@@ -101,6 +114,7 @@ def load_backbone(name_or_path: str | Path, *, local_files_only: bool | None = N
         if not isinstance(try_to_load_from_cache(repo_id, "config.json"), str):
             raise _missing(repo_id, None)
     try:
-        return timm.create_model(source, pretrained=True, num_classes=0, dynamic_img_size=True)
+        model = timm.create_model(source, pretrained=True, num_classes=0, dynamic_img_size=True)
     except (OSError, RuntimeError, ValueError) as err:
         raise _missing(repo_id, err) from err
+    return use_quick_gelu(model) if repo_id in QUICK_GELU else model

@@ -18,10 +18,12 @@ from prpg.configs import (
     CutPasteConfig,
     DreamBoothConfig,
     EncoderConfig,
+    EvalConfig,
     FilterConfig,
     GeneratorConfig,
     NegativesConfig,
     SynthesizeConfig,
+    TrainConfig,
 )
 
 
@@ -95,21 +97,17 @@ class PretrainParams(_Group):
     gates: GatesParams = GatesParams()
 
 
-class InstanceRef(_Group):
-    name: str
-    category: str
-
-
 class RunParams(_Group):
     """What the per-category and per-instance stages run over (dvc.yaml `foreach`). No stage lists
     this group as a param: adding an instance adds stages, it does not invalidate the others."""
 
     categories: list[str] = ["mug", "bottle", "screwdriver", "shoe", "tote"]
-    instances: list[InstanceRef] = []
+    # instance name -> its category (a mapping, so DVC names the stages personalize@<instance>)
+    instances: dict[str, str] = {}
 
     @model_validator(mode="after")
     def _known_categories(self) -> RunParams:
-        unknown = sorted({i.category for i in self.instances} - set(self.categories))
+        unknown = sorted(set(self.instances.values()) - set(self.categories))
         if unknown:
             raise ValueError(f"instances use categories {unknown} that are not in run.categories")
         return self
@@ -134,6 +132,27 @@ class FilterStageConfig(FilterConfig):
     sample_more: bool = True  # when the synthesized set runs out, sample more (up to max_attempts)
 
 
+# Where the train stage finds each kind of positive (per instance); "real" = the real train images
+# themselves (the "real only" baseline: augmentation is then the only source of new views).
+POSITIVE_SOURCES = {
+    "dreambooth_filtered": "outputs/filtered/{instance}/kept",
+    "dreambooth": "outputs/synthetic/{instance}/dreambooth",
+    "cut_paste": "outputs/synthetic/{instance}/cut_paste",
+    "real": None,
+}
+
+
+@dataclass(frozen=True, config=ConfigDict(extra="forbid"))
+class TrainStageConfig(TrainConfig):
+    # Generation-method comparison: dreambooth_filtered (the paper's best set), dreambooth (unfiltered),
+    # cut_paste, real (real only), or a mix, e.g. [dreambooth_filtered, cut_paste] ("combined").
+    sources: tuple[Literal["dreambooth_filtered", "dreambooth", "cut_paste", "real"], ...] = ("dreambooth_filtered",)
+
+    def __post_init__(self):
+        if not self.sources:
+            raise ValueError("train.sources is empty: name at least one of " + ", ".join(POSITIVE_SOURCES))
+
+
 # A group's schema is a pydantic model or a pydantic dataclass (the stage's own config class).
 GROUPS: dict[str, Any] = {
     "common": CommonParams,
@@ -144,6 +163,8 @@ GROUPS: dict[str, Any] = {
     "personalize": DreamBoothConfig,
     "synthesize": SynthesisParams,
     "filter": FilterStageConfig,
+    "train": TrainStageConfig,
+    "evaluate": EvalConfig,
 }
 
 

@@ -1,0 +1,77 @@
+# ---
+# jupyter:
+#   jupytext:
+#     formats: py:percent
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#   kernelspec:
+#     display_name: Python 3 (ipykernel)
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # 00 · Pretrain the toybox generator (the Stable Diffusion 1.5 stand-in)
+#
+# No pretrained generator can be downloaded in the embedded setting, so this project trains its own:
+# Stable Diffusion 1.5's architecture (CLIP tokenizer with the real CLIP BPE ids + CLIPTextModel,
+# AutoencoderKL, conditional UNet, PNDM sampling), shrunk to 64 px and trained from scratch on the
+# toybox **pool** (instances never used in evaluation) with captions made of the scene facts.
+#
+# Frozen in `dvc.yaml` (the default `dvc repro` never retrains it; the result ships in
+# `models/toybox/generator`). Regenerate with
+# `dvc unfreeze pretrain_generator && dvc repro pretrain_generator && dvc freeze pretrain_generator`,
+# then re-run the gates (`zoo_gates`). `pretrain_encoder` is independent: run both at once on 2 cores.
+
+# %% tags=["parameters"]
+common = {"seed": 0, "device": "cpu", "dataset": "toybox", "data_root": "outputs/data/toybox", "data_source": "src/prpg/toybox"}
+pretrain = {}
+
+# %%
+import json
+import tempfile
+from pathlib import Path
+
+import matplotlib.pyplot as plt
+import numpy as np
+
+from prpg.paths import chdir_repo_root
+
+chdir_repo_root()
+
+from prpg.atomic import atomic_dir  # noqa: E402
+from prpg.data import load_dataset  # noqa: E402
+from prpg.models import TOYBOX_GENERATOR  # noqa: E402
+from prpg.params import parse_group  # noqa: E402
+from prpg.zoo import gates  # noqa: E402
+from prpg.zoo.generator import pretrain_generator  # noqa: E402
+
+common_p = parse_group("common", common)
+p = parse_group("pretrain", pretrain)
+pool = load_dataset("outputs/data/toybox_pool")
+records = [r for split in ("train", "test") for r in pool.images(split)]
+images = gates.load_images(records)
+captions = [pool.annotation(r)["caption"] for r in records]
+print(f"{len(images)} pool images of {len(pool.instances)} instances; e.g. '{captions[0]}' | '{captions[-1]}'")
+
+# %% [markdown]
+# ## Train: VAE, then UNet + text encoder (written atomically into models/toybox/generator)
+
+# %%
+with atomic_dir(TOYBOX_GENERATOR) as out, tempfile.TemporaryDirectory() as work:
+    stats = pretrain_generator(images, captions, out, p.generator, seed=common_p.seed, work_dir=Path(work))
+    losses = stats.pop("losses")
+    (out / "training.json").write_text(json.dumps(stats, indent=2, sort_keys=True) + "\n")
+print(f"generator: {stats['total_seconds'] / 60:.1f} min wall, {stats['cpu_seconds'] / 60:.1f} min CPU; "
+      f"final losses vae {stats['vae_final_loss']:.4f}, unet {stats['unet_final_loss']:.4f}")
+
+# %%
+fig, axes = plt.subplots(1, 2, figsize=(9, 2.8))
+for ax, name in zip(axes, ("vae", "unet"), strict=True):
+    ax.plot(np.convolve(losses[name], np.ones(25) / 25, mode="valid"))
+    ax.set_title(f"{name} loss (25-step mean)")
+    ax.set_xlabel("step")
+fig.tight_layout()
+Path("reports/figures").mkdir(parents=True, exist_ok=True)
+fig.savefig("reports/figures/toybox_generator_training.png", dpi=100, metadata={"Software": None})

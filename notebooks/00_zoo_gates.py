@@ -1,0 +1,188 @@
+# ---
+# jupyter:
+#   jupytext:
+#     formats: py:percent
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#   kernelspec:
+#     display_name: Python 3 (ipykernel)
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # 00 · Quality gates of the toybox model zoo, and the model cards
+#
+# The shipped models are loaded back through the public loading layer (`prpg.models`), offline, and
+# measured:
+#
+# - **encoder**: a category linear probe fit on pool images, scored on the *val* instances
+#   (gate >= 0.90), on the objects (mask-box crops) and on whole scenes; instance retrieval mAP on
+#   the *test* instances — the "pretrained" baseline, which must stay clearly below 1;
+# - **generator**: samples of "a photo of a {category}" classified by a probe fit on real pool
+#   images at the generator's resolution (gate >= 0.80);
+# - **DreamBooth smoke**: a short DreamBooth on one instance's 3 train images moves its samples
+#   toward that instance's test images relative to its category mates' (encoder cosine).
+#
+# The numbers go into each model's card (`models/toybox/*/README.md`, `card.json`) and into
+# `reports/metrics/toybox_models.json`.
+
+# %% tags=["parameters"]
+common = {"seed": 0, "device": "cpu", "dataset": "toybox", "data_root": "outputs/data/toybox", "data_source": "src/prpg/toybox"}
+pretrain = {}
+
+# %%
+import json
+import time
+from pathlib import Path
+
+import matplotlib.pyplot as plt
+import numpy as np
+
+from prpg.paths import chdir_repo_root
+
+chdir_repo_root()
+
+from prpg.atomic import write_json_atomic  # noqa: E402
+from prpg.data import load_dataset  # noqa: E402
+from prpg.data.images import load_mask, mask_to_box  # noqa: E402
+from prpg.models import TOYBOX_ENCODER, TOYBOX_GENERATOR, load_backbone, load_generator  # noqa: E402
+from prpg.params import parse_group  # noqa: E402
+from prpg.zoo import gates  # noqa: E402
+from prpg.zoo.card import write_card  # noqa: E402
+from prpg.zoo.encoder import eval_transform  # noqa: E402
+
+common_p = parse_group("common", common)
+p = parse_group("pretrain", pretrain)
+g = p.gates
+t0 = time.perf_counter()
+pool = load_dataset("outputs/data/toybox_pool")
+world = load_dataset("outputs/data/toybox")
+encoder = load_backbone(TOYBOX_ENCODER)
+pipe = load_generator(TOYBOX_GENERATOR)
+tf = eval_transform(p.encoder)
+enc_train = json.loads((TOYBOX_ENCODER / "training.json").read_text())
+gen_train = json.loads((TOYBOX_GENERATOR / "training.json").read_text())
+
+
+def crops(records):
+    """Each image cropped to its mask box: the object, as the filter's real crops (paper §1.3)."""
+    return [im.crop(mask_to_box(load_mask(r.mask_path))) for im, r in zip(gates.load_images(records), records, strict=True)]
+
+
+# %% [markdown]
+# ## Encoder: category probe (val instances) and instance retrieval (test instances)
+
+# %%
+pool_recs = [r for s in ("train", "test") for r in pool.images(s)]
+pool_cats = [pool.instance(r.instance).category for r in pool_recs]
+val_recs = [r for i in world.instances_in(split="val") for s in ("train", "test") for r in world.images(s, i.name)]
+val_cats = [world.instance(r.instance).category for r in val_recs]
+probe_objects = gates.fit_category_probe(gates.embed(encoder, crops(pool_recs), tf), pool_cats)
+acc_objects = gates.category_probe_accuracy(probe_objects, gates.embed(encoder, crops(val_recs), tf), val_cats)
+probe_scenes = gates.fit_category_probe(gates.embed(encoder, gates.load_images(pool_recs), tf), pool_cats)
+acc_scenes = gates.category_probe_accuracy(probe_scenes, gates.embed(encoder, gates.load_images(val_recs), tf), val_cats)
+retrieval = gates.instance_retrieval(encoder, tf, world, split="test")
+print(f"category probe on val instances: objects {acc_objects:.3f}, whole scenes {acc_scenes:.3f}; "
+      f"instance retrieval mAP (test instances) {retrieval:.3f}")
+
+# %% [markdown]
+# ## Generator: are "a photo of a {category}" samples recognised as that category?
+
+# %%
+res = p.generator.resolution
+low_res_probe = gates.fit_category_probe(gates.embed(encoder, gates.load_images(pool_recs, res), tf), pool_cats)
+cat_names = sorted(set(pool_cats))
+gen_acc, gen_per_cat, samples = gates.generator_category_accuracy(
+    pipe, encoder, tf, low_res_probe, cat_names, g.samples_per_category, seed=common_p.seed, steps=g.sample_steps,
+    guidance=g.guidance)
+print(f"generator category accuracy {gen_acc:.3f}: {gen_per_cat}")
+
+# %% [markdown]
+# ## DreamBooth smoke test on one instance (the shipped generator is not modified)
+
+# %%
+db = gates.dreambooth_smoke(pipe, encoder, tf, world, g.dreambooth_instance, p.dreambooth, seed=common_p.seed,
+                            n_samples=g.dreambooth_samples, n_class_images=g.dreambooth_class_images,
+                            steps=g.sample_steps, guidance=g.guidance)
+print(f"DreamBooth on {db['instance']}: margin (cos to own test images - cos to category mates') "
+      f"{db['margin_before']:.4f} -> {db['margin_after']:.4f}")
+seconds = time.perf_counter() - t0
+
+# %% [markdown]
+# ## Model cards
+
+# %%
+regen = ("`dvc unfreeze pretrain_encoder pretrain_generator zoo_gates && dvc repro zoo_gates && "
+         "dvc freeze pretrain_encoder pretrain_generator zoo_gates` (notebooks `00_pretrain_*.py`, `00_zoo_gates.py`; "
+         "params group `pretrain`).")
+e = p.encoder
+write_card(TOYBOX_ENCODER, "Toybox encoder (DINOv2 stand-in)",
+           "A tiny ViT of timm's DINOv2 architecture. Load with `prpg.models.load_backbone('toybox')`. "
+           "Category-supervised on the toybox pool: it knows categories, not instances.",
+           {"architecture": f"timm vit_small_patch14_dinov2 class: patch {e.patch_size}, dim {e.embed_dim}, "
+                            f"depth {e.depth}, heads {e.heads}, LayerScale init 1.0",
+            "data": f"toybox pool: {len(pool_recs)} images of {len(pool.instances)} instances (never evaluated on)",
+            "objective": f"5-way category cross-entropy on CLS; {e.object_crops:.0%} object-centred square crops; "
+                         "resized-crop / flip / colour-jitter",
+            "steps x batch": f"{e.steps} x {e.batch}, AdamW lr {e.lr}, cosine", "seed": common_p.seed,
+            "parameters": enc_train["params"], "train wall time (s)": enc_train["seconds"],
+            "train CPU time (s, all threads)": enc_train["cpu_seconds"],
+            "preprocessing": f"resize {e.resize} bicubic, center crop {e.image_size}, ImageNet mean/std"},
+           {"category linear probe, val instances, objects (gate >= 0.90)": acc_objects,
+            "category linear probe, val instances, whole scenes": acc_scenes,
+            "instance retrieval mAP, test instances (pretrained baseline)": retrieval,
+            "final train loss": enc_train["final_loss"], "final train accuracy": enc_train["final_train_accuracy"]},
+           regen)
+c = p.generator
+write_card(TOYBOX_GENERATOR, "Toybox generator (Stable Diffusion 1.5 stand-in)",
+           "SD 1.5's architecture, shrunk: CLIP tokenizer (real CLIP BPE ids) + CLIPTextModel, AutoencoderKL, "
+           "UNet2DConditionModel, PNDM. Load with `prpg.models.load_generator('models/toybox/generator')`.",
+           {"resolution": c.resolution, "data": f"toybox pool: {len(pool_recs)} captioned images",
+            "objective": "VAE: L1+MSE+1e-6 KL; UNet+text encoder: epsilon MSE, 10% empty captions, EMA",
+            "steps": f"vae {c.vae_steps} x {c.vae_batch}, unet {c.unet_steps} x {c.unet_batch}",
+            "seed": common_p.seed, "parameters": gen_train["params"], "weights": "fp16 safetensors (upcast on load)",
+            "train wall time (s)": gen_train["total_seconds"], "train CPU time (s, all threads)": gen_train["cpu_seconds"]},
+           {"samples recognised as their category (gate >= 0.80)": gen_acc,
+            **{f"  {k}": v for k, v in gen_per_cat.items()},
+            f"DreamBooth smoke ({db['instance']}): margin before": db["margin_before"],
+            f"DreamBooth smoke ({db['instance']}): margin after": db["margin_after"],
+            "final unet loss": gen_train["unet_final_loss"], "final vae loss": gen_train["vae_final_loss"]}, regen)
+
+# %% [markdown]
+# ## Samples: "a photo of a {category}", and after DreamBooth
+
+# %%
+fig, axes = plt.subplots(len(cat_names) + 1, 8, figsize=(12, 1.6 * (len(cat_names) + 1)), squeeze=False)
+per = g.samples_per_category
+for r, name in enumerate(cat_names):
+    for k in range(8):
+        axes[r, k].axis("off")
+        if k < per:
+            axes[r, k].imshow(samples[r * per + k])
+    axes[r, 0].set_title(f"{name} ({gen_per_cat[name]:.0%})", fontsize=8, loc="left")
+for k in range(8):
+    axes[-1, k].axis("off")
+    if k < len(db["samples_after"]):
+        axes[-1, k].imshow(db["samples_after"][k])
+axes[-1, 0].set_title(f"after DreamBooth on {db['instance']}", fontsize=8, loc="left")
+fig.suptitle(f"toybox generator samples (CFG {g.guidance}, {g.sample_steps} steps); {gen_acc:.0%} recognised "
+             "by the category probe", fontsize=9)
+fig.tight_layout()
+Path("reports/figures").mkdir(parents=True, exist_ok=True)
+fig.savefig("reports/figures/toybox_generator_samples.png", dpi=100, metadata={"Software": None})
+
+# %% [markdown]
+# ## Metrics (git-tracked)
+
+# %%
+metrics = {
+    "encoder": {"category_probe_val_objects": acc_objects, "category_probe_val_scenes": acc_scenes,
+                "instance_retrieval_map_test": retrieval, "train_seconds": enc_train["seconds"]},
+    "generator": {"category_accuracy": gen_acc, "per_category": gen_per_cat, "train_seconds": gen_train["total_seconds"]},
+    "dreambooth_smoke": {k: db[k] for k in ("margin_before", "margin_after", "cos_own_before", "cos_own_after")},
+    "gates_seconds": seconds,
+}
+write_json_atomic("reports/metrics/toybox_models.json", metrics)
+print(json.dumps(metrics, indent=1))

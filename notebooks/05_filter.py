@@ -1,0 +1,104 @@
+# ---
+# jupyter:
+#   jupytext:
+#     formats: py:percent
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#   kernelspec:
+#     display_name: Python 3 (ipykernel)
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # 05 · Filter the DreamBooth positives: keep the ones that look like the real instance
+#
+# Paper §1.3: the real references are the instance's train images cropped to their mask boxes; each
+# generated image is localized (dense patch similarity + Otsu on toybox, PerSAM for paper runs),
+# cropped to the predicted box, embedded by the similarity model (DreamSim for paper runs, the toybox
+# encoder on toybox) and kept if the **mean** cosine to the real crops is >= the threshold.
+# Attempts are bounded (`max_attempts`), and an image that cannot be localized counts as an attempt
+# (the reference's loop can run forever on those). When the synthesized set runs out before `n_keep`
+# are kept, more are sampled from the personalized generator (`sample_more`).
+#
+# Output: `outputs/filtered/<instance>/{kept,rejected}/`, `scores.csv`, `summary.json`.
+
+# %% tags=["parameters"]
+common = {"seed": 0, "device": "cpu", "dataset": "toybox", "data_root": "outputs/data/toybox", "data_source": "src/prpg/toybox"}
+models = {"generator": "models/toybox/generator", "backbone": "toybox"}
+synthesize = {}
+filter = {}  # noqa: A001 (the params group's name)
+instance = "mug_06"
+
+# %%
+import itertools
+import time
+from pathlib import Path
+
+import matplotlib.pyplot as plt
+import pandas as pd
+from PIL import Image
+
+from prpg.paths import chdir_repo_root
+
+chdir_repo_root()
+
+from prpg.data import load_dataset  # noqa: E402
+from prpg.dreambooth import load_personalized  # noqa: E402
+from prpg.filtering import filter_instance  # noqa: E402
+from prpg.models import load_generator  # noqa: E402
+from prpg.params import parse_group, resolve_device  # noqa: E402
+from prpg.synthesize import sample_stream  # noqa: E402
+
+common_p = parse_group("common", common)
+models_p = parse_group("models", models)
+syn = parse_group("synthesize", synthesize)
+flt = parse_group("filter", filter)
+device = resolve_device(common_p.device)
+ds = load_dataset(common_p.data_root)
+category = ds.instance(instance).category
+synthesized = sorted(Path(f"outputs/synthetic/{instance}/dreambooth").glob("*.png"))
+print(f"{instance}: {len(synthesized)} synthesized positives; keep {flt.n_keep} with {flt.model} "
+      f"({flt.backbone if flt.model == 'backbone' else flt.dreamsim_type}), {flt.reduce} cosine >= {flt.threshold}, "
+      f"localize {flt.localize}, at most {flt.max_attempts} attempts")
+
+# %% [markdown]
+# ## Filter
+
+# %%
+def candidates():
+    """The synthesized images, then (optionally) fresh samples from the personalized generator."""
+    yield from (Image.open(p).convert("RGB") for p in synthesized)
+    if flt.sample_more:
+        pipe = load_personalized(load_generator(models_p.generator, device=device), f"outputs/personalize/{instance}")
+        yield from sample_stream(pipe, syn.positives, instance, category, seed=common_p.seed)
+
+
+t0 = time.perf_counter()
+summary = filter_instance(itertools.islice(candidates(), flt.max_attempts), ds, instance,
+                          Path(f"outputs/filtered/{instance}"), flt, n_keep=flt.n_keep, device=device)
+print(f"kept {summary['kept']} / {summary['attempts']} attempts ({summary['not_localized']} not localized; "
+      f"stopped: {summary['stopped']}) in {time.perf_counter() - t0:.1f} s")
+
+# %% [markdown]
+# ## Scores, and kept vs rejected
+
+# %%
+out = Path(f"outputs/filtered/{instance}")
+scores = pd.read_csv(out / "scores.csv")
+fig, axes = plt.subplots(1, 1, figsize=(5, 2.5))
+scores["score"].plot.hist(bins=30, ax=axes)
+axes.axvline(flt.threshold, color="r")
+axes.set_title(f"{instance}: filter scores ({flt.reduce} cosine to the real crops)", fontsize=9)
+fig.tight_layout()
+
+shown = {"kept": scores[scores.kept == 1].head(8), "rejected": scores[(scores.kept == 0) & (scores.file.notna())].head(8)}
+fig, axes = plt.subplots(2, 8, figsize=(12, 3.5))
+for r, (name, rows) in enumerate(shown.items()):
+    for ax in axes[r]:
+        ax.axis("off")
+    for ax, (_, row) in zip(axes[r], rows.iterrows(), strict=False):
+        ax.imshow(Image.open(out / row.file))
+        ax.set_title(f"{name} {row.score:.2f}", fontsize=7)
+fig.tight_layout()

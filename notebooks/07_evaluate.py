@@ -1,0 +1,87 @@
+# ---
+# jupyter:
+#   jupytext:
+#     formats: py:percent
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#   kernelspec:
+#     display_name: Python 3 (ipykernel)
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # 07 · Evaluate pretrained vs personalized on the four tasks
+#
+# Paper §2, per instance, with no task head: every task is a similarity computation against the
+# instance's ~3 real train images.
+#
+# - **classification**: is this test image the instance? score = max cosine to its train images; AP;
+# - **retrieval**: its test images query every instance's train images; mAP (+ NDCG, MRR, top-10);
+# - **detection / segmentation**: one box and mask per dense test image from patch similarity to the
+#   first train image's masked patches (Otsu + clean-up + largest component), COCO AP / AP50 / F1,
+#   images of other instances counting as false positives.
+#
+# Each task is also scored per test split (ID, pose, distractors, both) where the dataset has them.
+# The pretrained backbone's features are cached under `outputs/cache/features` (a plain cache, not a
+# DVC output: the same for every instance, recomputed if deleted).
+#
+# Output: `outputs/evaluate/<instance>/metrics.json` ({task: {model: value}} and per split).
+
+# %% tags=["parameters"]
+common = {"seed": 0, "device": "cpu", "dataset": "toybox", "data_root": "outputs/data/toybox", "data_source": "src/prpg/toybox"}
+models = {"generator": "models/toybox/generator", "backbone": "toybox"}
+evaluate = {}
+instance = "mug_06"
+
+# %%
+import dataclasses
+import json
+import time
+from pathlib import Path
+
+import pandas as pd
+
+from prpg.paths import chdir_repo_root
+
+chdir_repo_root()
+
+from prpg import backbones  # noqa: E402
+from prpg.atomic import atomic_dir  # noqa: E402
+from prpg.contrastive import load_personalized  # noqa: E402
+from prpg.data import load_dataset  # noqa: E402
+from prpg.evaluation import evaluate_instance  # noqa: E402
+from prpg.params import parse_group, resolve_device  # noqa: E402
+
+common_p = parse_group("common", common)
+models_p = parse_group("models", models)
+cfg = parse_group("evaluate", evaluate)
+device = resolve_device(common_p.device)
+cfg = dataclasses.replace(cfg, device=device)
+ds = load_dataset(common_p.data_root)
+pretrained = backbones.load(models_p.backbone, device=device)
+personalized = load_personalized(pretrained, f"outputs/train/{instance}/model")
+print(f"{instance}: {len(ds.images('test'))} test images, {len(ds.dense_images())} dense images, "
+      f"{len(ds.images('train'))} train images of {len(ds.instances)} instances")
+
+# %% [markdown]
+# ## Evaluate
+
+# %%
+t0 = time.perf_counter()
+result = evaluate_instance(ds, instance, {"pretrained": pretrained, "personalized": personalized}, cfg,
+                           cache_dir=Path("outputs/cache/features"))
+seconds = time.perf_counter() - t0
+with atomic_dir(Path(f"outputs/evaluate/{instance}")) as tmp:
+    (tmp / "metrics.json").write_text(json.dumps(result, indent=2, sort_keys=True) + "\n")
+print(f"evaluated in {seconds:.1f} s")
+
+# %%
+table = pd.DataFrame(result["metrics"]).T
+table["gain"] = table["personalized"] - table["pretrained"]
+table.round(3)
+
+# %%
+pd.DataFrame({split: {task: v["personalized"] - v["pretrained"] for task, v in tasks.items()}
+              for split, tasks in result["per_split"].items()}).round(3)

@@ -1,0 +1,110 @@
+"""Geometry of the dense path (protocol §2.3): the SAM-style canvas and the maps between original
+pixels and the patch grid.
+
+The image's long side is resized to S = grid x patch px (aspect kept, SAM's rounding), the image sits
+in the top-left corner of an S x S canvas and the rest is padding. The reference resizes to 1024 and
+then squashes the padded canvas to 896 for /14 models; resizing straight to S gives the same grid
+without the second resampling.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+BoxGeometry = Literal["fixed", "reference"]
+Box = tuple[int, int, int, int]  # (x0, y0, x1, y1) original px, x1/y1 exclusive (prpg.data.mask_to_box)
+_EPS = 1e-6  # grid coordinates within this of an integer count as on the cell border
+
+
+@dataclass(frozen=True)
+class PadGeometry:
+    """Where an (height x width) image lies in the padded S x S canvas of a grid x grid patch grid."""
+
+    height: int
+    width: int
+    grid: int
+    patch: int
+
+    @property
+    def side(self) -> int:
+        return self.grid * self.patch
+
+    @property
+    def resized(self) -> tuple[int, int]:
+        """(h, w) of the resized image inside the canvas (SAM's get_preprocess_shape rounding)."""
+        scale = self.side / max(self.height, self.width)
+        return max(1, int(self.height * scale + 0.5)), max(1, int(self.width * scale + 0.5))
+
+
+def canvas_tensor(image: Image.Image, geom: PadGeometry, mean, std) -> torch.Tensor:
+    """(3, S, S): bilinear resize, normalize with the backbone's mean/std, then zero-pad bottom/right
+    (after normalizing, as SAM's processor: the padding is the mean colour)."""
+    h, w = geom.resized
+    a = np.asarray(image.convert("RGB").resize((w, h), Image.BILINEAR), dtype=np.float32) / 255.0
+    x = torch.from_numpy(a).permute(2, 0, 1)
+    x = (x - torch.tensor(mean).view(3, 1, 1)) / torch.tensor(std).view(3, 1, 1)
+    return F.pad(x, (0, geom.side - w, 0, geom.side - h))
+
+
+def canvas_mask(mask: np.ndarray, geom: PadGeometry) -> np.ndarray:
+    """(S, S) float mask in [0, 1]: the original mask through the same resize and padding."""
+    h, w = geom.resized
+    m = Image.fromarray(np.asarray(mask, dtype=np.float32), mode="F").resize((w, h), Image.BILINEAR)
+    out = np.zeros((geom.side, geom.side), np.float32)
+    out[:h, :w] = np.clip(np.asarray(m), 0.0, 1.0)
+    return out
+
+
+def grid_to_image(sim: torch.Tensor, geom: PadGeometry) -> np.ndarray:
+    """A (grid, grid) map back to the original (H, W): bilinear x4 (the reference's step), to the
+    S x S canvas, drop the padding, resize to the original size (SAM post_process_masks)."""
+    x = sim.float()[None, None]
+    x = F.interpolate(x, scale_factor=4, mode="bilinear", align_corners=False)
+    x = F.interpolate(x, size=(geom.side, geom.side), mode="bilinear", align_corners=False)
+    h, w = geom.resized
+    x = F.interpolate(x[..., :h, :w], size=(geom.height, geom.width), mode="bilinear", align_corners=False)
+    return x[0, 0].numpy()
+
+
+def box_on_grid(box: Box, geom: PadGeometry, mode: BoxGeometry = "fixed") -> tuple[float, ...]:
+    """The box in patch-grid units. "fixed": through the resize + pad of the features. "reference":
+    stretched from the original resolution over the whole grid, padding ignored (weak point 16), which
+    is right only for square images."""
+    x0, y0, x1, y1 = box
+    if mode == "fixed":
+        h, w = geom.resized
+        sx, sy = w / geom.width / geom.patch, h / geom.height / geom.patch
+    elif mode == "reference":
+        sx, sy = geom.grid / geom.width, geom.grid / geom.height
+    else:
+        raise ValueError(f"box_geometry must be 'fixed' or 'reference', got {mode!r}")
+    return x0 * sx, y0 * sy, x1 * sx, y1 * sy
+
+
+def _span(a: float, b: float, n: int, full: bool) -> tuple[int, int]:
+    """Cell index range [lo, hi) of the interval [a, b] in cell units: fully inside, or touched."""
+    if full:
+        return min(max(math.ceil(a - _EPS), 0), n), min(max(math.floor(b + _EPS), 0), n)
+    lo = min(max(math.floor(a + _EPS), 0), n - 1)
+    return lo, min(max(math.ceil(b - _EPS), lo + 1), n)  # a sliver still touches the cell it lies in
+
+
+def box_cells(box: Box, geom: PadGeometry, mode: BoxGeometry = "fixed") -> torch.Tensor:
+    """(grid, grid) bool: the cells fully inside the box; a box that covers no full cell uses the
+    cells it touches, so the mean feature of a box is never empty (the reference's NaN, §5.16)."""
+    gx0, gy0, gx1, gy1 = box_on_grid(box, geom, mode)
+    g = geom.grid
+    cells = torch.zeros(g, g, dtype=torch.bool)
+    for full in (True, False):
+        (c0, c1), (r0, r1) = _span(gx0, gx1, g, full), _span(gy0, gy1, g, full)
+        if c1 > c0 and r1 > r0:
+            cells[r0:r1, c0:c1] = True
+            return cells
+    raise ValueError(f"box {box} lies outside the {g}x{g} grid of a {geom.width}x{geom.height} image")

@@ -19,8 +19,9 @@
 # here with a 95 % bootstrap confidence interval, overall and per test split.
 #
 # Outputs (git-tracked, for `dvc metrics diff` / `dvc exp show`): `reports/metrics/evaluate.json`
-# ({task: {model: mean}}, `ci95`, `per_split`, `n_instances`) and `reports/metrics/instances.csv`
-# (one row per instance, task and model).
+# ({task: {model: mean}}, `ci95`, `per_split`, `n_instances`), `reports/metrics/instances.csv`
+# (one row per instance, task and model) and `reports/metrics/train_log.csv` (the contrastive
+# training curves of every instance, for the report and `dvc plots`).
 
 # %% tags=["parameters"]
 common = {"seed": 0, "device": "cpu", "dataset": "toybox", "data_root": "outputs/data/toybox", "data_source": "src/prpg/toybox"}
@@ -61,6 +62,9 @@ rows = [{"instance": r["instance"], "category": r["category"], "instance_split":
 Path("reports/metrics").mkdir(parents=True, exist_ok=True)
 write_json_atomic("reports/metrics/evaluate.json", summary)
 write_text_atomic("reports/metrics/instances.csv", pd.DataFrame(rows).to_csv(index=False, float_format="%.6f"))
+logs = [pd.read_csv(f"outputs/train/{name}/model/train_log.csv").assign(instance=name) for name in run_p.instances]
+train_log = pd.concat(logs)[["instance", "step", "epoch", "loss", "accuracy"]]
+write_text_atomic("reports/metrics/train_log.csv", train_log.to_csv(index=False, float_format="%.6f"))
 table = pd.DataFrame(summary["metrics"]).T
 table["gain"] = table.get("personalized") - table.get("pretrained")
 table.round(3)

@@ -55,8 +55,44 @@ def test_generation_stages_write_their_outputs(repo):
     summary = json.loads((repo / "outputs/filtered/mug_01/summary.json").read_text())
     assert summary["attempts"] <= MICRO_RUN["filter"]["max_attempts"]
     assert summary["kept"] == len(list((repo / "outputs/filtered/mug_01/kept").glob("*.png")))
-    for nb in ["02_priors/mug", "03_personalize/mug_01", "04_synthesize/mug_01", "05_filter/mug_01"]:
+    for nb in ["02_priors/mug", "03_personalize/mug_01", "04_synthesize/mug_01", "05_filter/mug_01",
+               "06_train/mug_01", "07_evaluate/mug_01", "08_aggregate", "09_report"]:
         assert (repo / f"outputs/executed/{nb}.ipynb").is_file(), nb
+    assert (repo / "outputs/train/mug_01/model/adapter/adapter_config.json").is_file()
+    result = json.loads((repo / "outputs/evaluate/mug_01/metrics.json").read_text())
+    assert set(result["metrics"]["classification"]) == {"pretrained", "personalized"}
+    summary = json.loads((repo / "reports/metrics/evaluate.json").read_text())
+    assert summary["n_instances"] == 1 and {"classification", "retrieval", "detection", "segmentation"} <= set(
+        summary["metrics"])
+    assert set(summary["per_split"]) == {"in_distribution", "pose", "distractors", "pose_and_distractors"}
+    assert "classification" in (repo / "reports/tables/run_summary.md").read_text()
+    assert (repo / "reports/report.html").stat().st_size > 10_000
+
+
+@needs_models
+@pytest.mark.parametrize("key, value, changed", [
+    ("train.lr", 0.002, {"train@mug_01"}),
+    ("filter.threshold", 0.5, {"filter@mug_01"}),
+    ("personalize.lr", 0.0002, {"personalize@mug_01"}),
+    ("personalize.num_class_images", 3, {"priors@mug", "personalize@mug_01"}),
+    ("synthesize.negatives.n", 5, {"priors@mug"}),
+    ("evaluate.eval_feature", "cls+patch", {"evaluate@mug_01"}),
+])
+def test_a_param_change_touches_only_the_stages_that_read_it(repo, key, value, changed):
+    run(["dvc", "repro"], repo)
+    original = (repo / "params.yaml").read_text()
+    params = yaml.safe_load(original)
+    *path, leaf = key.split(".")
+    node = params
+    for k in path:
+        node = node[k]
+    node[leaf] = value
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    try:
+        status = json.loads(run(["dvc", "status", "--json"], repo).stdout)
+    finally:
+        (repo / "params.yaml").write_text(original)
+    assert {s for s in status if "@" in s or s in ("data", "aggregate")} == changed, status
 
 
 def test_pretraining_recipe_runs_at_micro_scale(tmp_path):

@@ -57,6 +57,27 @@ def _params(args: argparse.Namespace) -> int:
     return 0
 
 
+def _save_result(args: argparse.Namespace) -> int:
+    from prpg.results import save_result
+
+    print(f"saved {save_result(args.name, args.description, args.headline)}")
+    return 0
+
+
+def _exp(args: argparse.Namespace) -> int:
+    import subprocess
+
+    from prpg.experiments import command, instances_of, shell
+
+    instances = None
+    if args.instances:
+        root = args.data_root or f"data/{args.name.split('-')[0]}"
+        instances = instances_of(root, split=args.instances, per_category=args.per_category)
+    cmd = command(args.name, queue=args.queue, instances=instances)
+    print(shell(cmd))
+    return 0 if args.dry else subprocess.call(cmd)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="prpg", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -81,6 +102,23 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("name", choices=["pods", "dogs"])
     d.add_argument("--dest", type=Path, default=None, help="default: data/<name>")
     d.set_defaults(func=_download)
+
+    r = sub.add_parser("results", help="committed experiment results").add_subparsers(dest="results_command",
+                                                                                       required=True)
+    rs = r.add_parser("save", help="snapshot reports/metrics of the finished run as reports/results/NAME")
+    rs.add_argument("name")
+    rs.add_argument("--description", default="")
+    rs.add_argument("--headline", action="store_true", help="the run's row goes into the main table")
+    rs.set_defaults(func=_save_result)
+
+    e = sub.add_parser("exp", help="run a named experiment (one `dvc exp run`; see prpg.experiments)")
+    e.add_argument("name", help="toybox-<method> | toybox-sweep-cfg | <dataset>-<backbone>[-<method>] | ...-sweep-<name>")
+    e.add_argument("--queue", action="store_true", help="queue it (dvc queue start -j N runs the queue)")
+    e.add_argument("--dry", action="store_true", help="print the command only")
+    e.add_argument("--instances", choices=["test", "val"], help="run every instance of this class_to_split split")
+    e.add_argument("--per-category", type=int, default=None, help="at most this many instances per category")
+    e.add_argument("--data-root", default=None, help="dataset folder for --instances (default data/<dataset>)")
+    e.set_defaults(func=_exp)
 
     p = sub.add_parser("params", help="validate params.yaml and print the resolved groups")
     p.add_argument("--file", type=Path, default=Path("params.yaml"))

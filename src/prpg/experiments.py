@@ -1,0 +1,120 @@
+"""Named experiments: each is one `dvc exp run` with the parameter overrides that define it.
+
+`prpg exp NAME` runs it (`--queue` queues it, `--dry` prints the command). Paper runs need a GPU and
+the real datasets/models (see README); toybox runs work offline on CPU. Sweeps use DVC's Hydra syntax
+(`-S 'key=a,b,c'`) and therefore go through the queue: `dvc queue start -j N` runs them.
+"""
+
+from __future__ import annotations
+
+import shlex
+
+# The paper's settings (protocol §1): SD 1.5 DreamBooth at 512 px, 450 LLM-prompt positives at CFG 5,
+# DreamSim + PerSAM filtering at 0.6, 4500 triplets, LoRA r 16 / alpha 0.5, lr 3e-4, 64x64 dense grid.
+PAPER = {
+    "models.generator": "stable-diffusion-v1-5/stable-diffusion-v1-5",
+    "common.device": "cuda",
+    "personalize.steps": 400, "personalize.lr": 2e-6, "personalize.num_class_images": 200,
+    "personalize.class_steps": 50, "personalize.class_guidance": 7.5, "personalize.class_batch": 4,
+    "personalize.masked": True, "personalize.gradient_checkpointing": True, "personalize.use_8bit_adam": True,
+    "personalize.resolution": 512,
+    "synthesize.positives.n": 450, "synthesize.positives.steps": 50, "synthesize.positives.guidance": 5.0,
+    "synthesize.positives.batch": 8,
+    "synthesize.negatives.n": 1000, "synthesize.negatives.steps": 50, "synthesize.negatives.guidance": 7.5,
+    "synthesize.negatives.batch": 8,
+    "synthesize.cut_paste.n": 450, "synthesize.cut_paste.size": 512, "synthesize.cut_paste.steps": 50,
+    "synthesize.cut_paste.guidance": 7.5, "synthesize.cut_paste.n_generated_backgrounds": 100,
+    "synthesize.cut_paste.batch": 8,
+    "filter.model": "dreamsim", "filter.localize": "persam", "filter.threshold": 0.6, "filter.n_keep": 450,
+    "filter.max_attempts": 5000, "filter.backbone": "dinov2_vitb14",
+    "train.lora_alpha": 0.5, "train.lr": 3e-4, "train.num_triplets": 4500, "train.num_synthetic": 450,
+    "evaluate.dense_grid": 64,
+}
+DATASETS = {
+    "pods": {"common.dataset": "pods", "common.data_root": "data/pods", "common.data_source": "data/pods",
+             "synthesize.positives.prompt_file": "pods", "synthesize.cut_paste.background_prompt_file": "pods"},
+    "dogs": {"common.dataset": "dogs", "common.data_root": "data/dogs", "common.data_source": "data/dogs",
+             "synthesize.positives.prompt_file": "dogs", "synthesize.cut_paste.background_prompt_file": "dogs",
+             "synthesize.cut_paste.real_source": "other_instances"},
+    "df2": {"common.dataset": "df2", "common.data_root": "data/df2", "common.data_source": "data/df2",
+            "synthesize.positives.prompt_file": "df2", "synthesize.cut_paste.background_prompt_file": "df2",
+            "synthesize.cut_paste.real_source": "other_instances"},
+}
+BACKBONES = ("dinov2_vitb14", "clip_vitb16", "mae_vitb16")
+# Generation-method comparison (paper §4.2): which positives train the representation.
+METHODS = {
+    "real": {"train.sources": "[real]"},
+    "dreambooth": {"train.sources": "[dreambooth_filtered]", "personalize.masked": False},
+    "masked_dreambooth": {"train.sources": "[dreambooth_filtered]", "personalize.masked": True},
+    "cut_paste": {"train.sources": "[cut_paste]"},
+    "combined": {"train.sources": "[dreambooth_filtered,cut_paste]", "personalize.masked": True},
+}
+SWEEPS = {
+    "cfg": {"synthesize.positives.guidance": "4,5,7.5"},
+    "loss": {"train.loss": "info_nce,multi_pos,hinge"},
+}
+
+
+def paper_experiment(dataset: str, backbone: str, method: str = "masked_dreambooth") -> dict:
+    """Overrides of one paper run, e.g. paper_experiment("pods", "dinov2_vitb14")."""
+    if dataset not in DATASETS:
+        raise KeyError(f"unknown dataset {dataset!r}; known: {', '.join(DATASETS)}")
+    if backbone not in BACKBONES:
+        raise KeyError(f"unknown backbone {backbone!r}; known: {', '.join(BACKBONES)}")
+    if method not in METHODS:
+        raise KeyError(f"unknown method {method!r}; known: {', '.join(METHODS)}")
+    return {**PAPER, **DATASETS[dataset], "models.backbone": backbone, **METHODS[method]}
+
+
+def resolve(name: str) -> dict:
+    """NAME = toybox-<method> | toybox-sweep-<sweep> | <dataset>-<backbone>[-<method>] | <dataset>-<backbone>-sweep-<sweep>."""
+    parts = name.split("-")
+    sweep = {}
+    if "sweep" in parts:
+        i = parts.index("sweep")
+        key = "-".join(parts[i + 1 :])
+        if key not in SWEEPS:
+            raise KeyError(f"unknown sweep {key!r}; known: {', '.join(SWEEPS)}")
+        sweep, parts = SWEEPS[key], parts[:i]
+    if parts[0] == "toybox":
+        method = parts[1] if len(parts) > 1 else "dreambooth"
+        if method not in METHODS:
+            raise KeyError(f"unknown method {method!r}; known: {', '.join(METHODS)}")
+        return {**METHODS[method], **sweep}
+    dataset, backbone, *rest = parts + [""] * (2 - len(parts))
+    return {**paper_experiment(dataset, backbone, rest[0] if rest else "masked_dreambooth"), **sweep}
+
+
+def instances_of(data_root: str, split: str | None = "test", per_category: int | None = None) -> dict[str, str]:
+    """name -> category of a dataset's instances (its `class_to_split` split), at most per_category each."""
+    from prpg.data import load_dataset
+
+    ds = load_dataset(data_root)
+    picked: dict[str, str] = {}
+    for category in ds.categories:
+        names = [i.name for i in ds.instances_in(category=category, split=split)]
+        picked.update({n: category for n in names[:per_category]})
+    if not picked:
+        raise ValueError(f"{data_root}: no instances with class_to_split {split!r}")
+    return picked
+
+
+def command(name: str, queue: bool = False, instances: dict[str, str] | None = None) -> list[str]:
+    """The `dvc exp run` command line of a named experiment; `instances` (name -> category) replaces
+    run.instances / run.categories (Hydra dict syntax), e.g. every test instance of PODS."""
+    overrides = resolve(name)
+    replace_instances = []
+    if instances:  # Hydra cannot assign a dict with new keys: delete the mapping, then add the new one
+        mapping = "{" + ",".join(f"{k}:{v}" for k, v in instances.items()) + "}"
+        replace_instances = ["-S", "~run.instances", "-S", f"+run.instances={mapping}"]
+        overrides["run.categories"] = "[" + ",".join(sorted(set(instances.values()))) + "]"
+    sweep = any("," in str(v) and not str(v).startswith(("[", "{")) for v in overrides.values())
+    cmd = ["dvc", "exp", "run"] + ([] if sweep else ["-n", name]) + (["--queue"] if queue or sweep else [])
+    for key, value in overrides.items():
+        v = str(value).lower() if isinstance(value, bool) else str(value)
+        cmd += ["-S", f"{key}={v}"]
+    return cmd + replace_instances
+
+
+def shell(cmd: list[str]) -> str:
+    return " ".join(shlex.quote(c) for c in cmd)

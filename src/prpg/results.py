@@ -1,0 +1,64 @@
+"""Committed experiment results: `reports/results/<name>/` snapshots of a finished run's tracked metrics.
+
+`dvc exp show` compares experiments while their refs exist; the report needs them as plain files in
+git, so a finished run is saved with `prpg results save NAME` (after `dvc repro` or `dvc exp run`):
+
+    reports/results/<name>/evaluate.json   reports/metrics/evaluate.json of the run
+    reports/results/<name>/instances.csv   per-instance metrics
+    reports/results/<name>/train_log.csv   contrastive training curves
+    reports/results/<name>/params.json     what the run was: dataset, backbone, method, CFG, loss, ...
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+from prpg.atomic import atomic_dir, write_json_atomic
+from prpg.params import load_params
+
+METRICS_DIR = Path("reports/metrics")
+RESULTS_DIR = Path("reports/results")
+FILES = ("evaluate.json", "instances.csv", "train_log.csv")
+
+
+def method_name(sources: tuple[str, ...], masked: bool) -> str:
+    """The paper's names for the positive sets (§4.2): real, (masked) dreambooth, cut_paste, combined."""
+    db = "masked_dreambooth" if masked else "dreambooth"
+    names = {("real",): "real", ("dreambooth_filtered",): db, ("dreambooth",): f"{db}_unfiltered",
+             ("cut_paste",): "cut_paste", ("cut_paste", "dreambooth_filtered"): "combined"}
+    return names.get(tuple(sorted(sources)), "+".join(sorted(sources)))
+
+
+def run_params(params_file: str | Path = "params.yaml") -> dict:
+    """The facts of the run that the report groups by, read from the validated params."""
+    p = load_params(params_file)
+    return {
+        "dataset": p["common"].dataset,
+        "backbone": p["models"].backbone,
+        "generator": p["models"].generator,
+        "method": method_name(p["train"].sources, p["personalize"].masked),
+        "sources": list(p["train"].sources),
+        "masked": p["personalize"].masked,
+        "guidance": p["synthesize"].positives.guidance,
+        "loss": p["train"].loss,
+        "num_real": None,  # every train image of the instance (the paper's ~3)
+        "instances": sorted(p["run"].instances),
+    }
+
+
+def save_result(name: str, description: str = "", headline: bool = False, metrics_dir: Path = METRICS_DIR,
+                results_dir: Path = RESULTS_DIR, params_file: str | Path = "params.yaml") -> Path:
+    """Snapshot the current run's tracked metrics as reports/results/<name>/ (replacing it atomically)."""
+    missing = [f for f in FILES if not (Path(metrics_dir) / f).is_file()]
+    if missing:
+        raise FileNotFoundError(f"{metrics_dir}: no {', '.join(missing)}; run the pipeline first "
+                                "(`dvc repro` or `dvc exp run`), then save its result")
+    if not name or "/" in name or name.startswith("."):
+        raise ValueError(f"result name {name!r}: use a plain folder name such as 'toybox-cfg5'")
+    with atomic_dir(Path(results_dir) / name) as tmp:
+        for f in FILES:
+            shutil.copy2(Path(metrics_dir) / f, tmp / f)
+        write_json_atomic(tmp / "params.json", {**run_params(params_file), "description": description,
+                                                "headline": headline})
+    return Path(results_dir) / name

@@ -50,10 +50,12 @@ from prpg.zoo.generator import pretrain_generator  # noqa: E402
 common_p = parse_group("common", common)
 p = parse_group("pretrain", pretrain)
 pool = load_dataset("outputs/data/toybox_pool")
-records = [r for split in ("train", "test") for r in pool.images(split)]
+# The first pretrain.generator_pool_per_category instances of each category (names pool_<category>_000, ...).
+keep = {i.name for c in pool.categories for i in pool.instances_in(category=c)[: p.generator_pool_per_category]}
+records = [r for split in ("train", "test") for r in pool.images(split) if r.instance in keep]
 images = gates.load_images(records)
 captions = [pool.annotation(r)["caption"] for r in records]
-print(f"{len(images)} pool images of {len(pool.instances)} instances; e.g. '{captions[0]}' | '{captions[-1]}'")
+print(f"{len(images)} pool images of {len(keep)} instances; e.g. '{captions[0]}' | '{captions[-1]}'")
 
 # %% [markdown]
 # ## Train: VAE, then UNet + text encoder (written atomically into models/toybox/generator)

@@ -114,16 +114,16 @@ seconds = time.perf_counter() - t0
 # ## Model cards
 
 # %%
-regen = ("`dvc unfreeze pretrain_encoder pretrain_generator zoo_gates && dvc repro zoo_gates && "
-         "dvc freeze pretrain_encoder pretrain_generator zoo_gates` (notebooks `00_pretrain_*.py`, `00_zoo_gates.py`; "
-         "params group `pretrain`).")
+regen = ("`dvc unfreeze pretrain_toybox && dvc repro pretrain_toybox && dvc freeze pretrain_toybox` (notebooks "
+         "`00_pretrain_encoder.py` and `00_pretrain_generator.py` train at once, one CPU thread each, then "
+         "`00_zoo_gates.py` measures; params group `pretrain`).")
 e = p.encoder
 write_card(TOYBOX_ENCODER, "Toybox encoder (DINOv2 stand-in)",
            "A tiny ViT of timm's DINOv2 architecture. Load with `prpg.models.load_backbone('toybox')`. "
            "Category-supervised on the toybox pool: it knows categories, not instances.",
            {"architecture": f"timm vit_small_patch14_dinov2 class: patch {e.patch_size}, dim {e.embed_dim}, "
                             f"depth {e.depth}, heads {e.heads}, LayerScale init 1.0",
-            "data": f"toybox pool: {len(pool_recs)} images of {len(pool.instances)} instances (never evaluated on)",
+            "data": f"toybox pool: {enc_train['train_images']} images of {len(pool.instances)} instances (never evaluated on)",
             "objective": f"5-way category cross-entropy on CLS; {e.object_crops:.0%} object-centred square crops; "
                          "resized-crop / flip / colour-jitter",
             "steps x batch": f"{e.steps} x {e.batch}, AdamW lr {e.lr}, cosine", "seed": common_p.seed,
@@ -139,7 +139,9 @@ c = p.generator
 write_card(TOYBOX_GENERATOR, "Toybox generator (Stable Diffusion 1.5 stand-in)",
            "SD 1.5's architecture, shrunk: CLIP tokenizer (real CLIP BPE ids) + CLIPTextModel, AutoencoderKL, "
            "UNet2DConditionModel, PNDM. Load with `prpg.models.load_generator('models/toybox/generator')`.",
-           {"resolution": c.resolution, "data": f"toybox pool: {len(pool_recs)} captioned images",
+           {"resolution": c.resolution,
+            "data": f"toybox pool: {gen_train['train_images']} captioned images (the first "
+                    f"{p.generator_pool_per_category} pool instances per category)",
             "objective": "VAE: L1+MSE+1e-6 KL; UNet+text encoder: epsilon MSE, 10% empty captions, EMA",
             "steps": f"vae {c.vae_steps} x {c.vae_batch}, unet {c.unet_steps} x {c.unet_batch}",
             "seed": common_p.seed, "parameters": gen_train["params"], "weights": "fp16 safetensors (upcast on load)",

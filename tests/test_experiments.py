@@ -22,7 +22,7 @@ def test_method_names_follow_the_paper():
 
 def test_named_toybox_experiment_is_one_exp_run():
     cmd = command("toybox-cut_paste")
-    assert cmd[:5] == ["dvc", "exp", "run", "-n", "toybox-cut_paste"]
+    assert cmd[:5] == ["dvc", "exp", "run", "-n", "toybox-cut_paste"] and "personalize.masked=false" in cmd
     assert "--queue" not in cmd and "train.sources=[cut_paste]" in cmd
 
 

@@ -95,6 +95,34 @@ def test_a_param_change_touches_only_the_stages_that_read_it(repo, key, value, c
     assert {s for s in status if "@" in s or s in ("data", "aggregate")} == changed, status
 
 
+@needs_models
+def test_experiments_run_in_parallel_from_the_queue_and_show_up_with_metrics(repo):
+    """dvc exp run --queue + dvc queue start -j 2: two experiments at once, then dvc exp show lists them."""
+    import time
+
+    run(["dvc", "repro"], repo)
+    run(["git", "add", "-A"], repo)
+    run(["git", "commit", "-qm", "baseline run"], repo)
+    for lr in ("0.002", "0.003"):
+        run(["dvc", "exp", "run", "--queue", "-n", f"lr-{lr}", "-S", f"train.lr={lr}"], repo)
+    run(["dvc", "queue", "start", "-j", "2"], repo)
+    deadline = time.time() + 600
+    while time.time() < deadline:
+        status = run(["dvc", "queue", "status"], repo).stdout
+        if not re.search(r"\b(Queued|Running)\b", status):
+            break
+        time.sleep(5)
+    assert "Failed" not in status, run(["dvc", "queue", "logs", "lr-0.002"], repo, check=False).stdout[-3000:]
+    shown = json.loads(run(["dvc", "exp", "show", "--json"], repo).stdout)
+    exps = {r["name"]: r for entry in shown for e in (entry.get("experiments") or []) for r in e["revs"]}
+    assert {"lr-0.002", "lr-0.003"} <= set(exps), list(exps)
+    for name, lr in (("lr-0.002", 0.002), ("lr-0.003", 0.003)):
+        data = exps[name]["data"]
+        assert data["params"]["params.yaml"]["data"]["train"]["lr"] == lr
+        cls = data["metrics"]["reports/metrics/evaluate.json"]["data"]["metrics"]["classification"]
+        assert 0.0 <= cls["personalized"] <= 1.0
+
+
 def test_pretraining_recipe_runs_at_micro_scale(tmp_path):
     """The frozen zoo stage regenerates models/toybox from scratch (micro step counts)."""
     repo = copy_repo(tmp_path, params={"pretrain": MICRO_PRETRAIN})

@@ -43,10 +43,10 @@ DATASETS = {
 BACKBONES = ("dinov2_vitb14", "clip_vitb16", "mae_vitb16")
 # Generation-method comparison (paper §4.2): which positives train the representation.
 METHODS = {
-    "real": {"train.sources": "[real]"},
+    "real": {"train.sources": "[real]", "personalize.masked": False},
     "dreambooth": {"train.sources": "[dreambooth_filtered]", "personalize.masked": False},
     "masked_dreambooth": {"train.sources": "[dreambooth_filtered]", "personalize.masked": True},
-    "cut_paste": {"train.sources": "[cut_paste]"},
+    "cut_paste": {"train.sources": "[cut_paste]", "personalize.masked": False},
     "combined": {"train.sources": "[dreambooth_filtered,cut_paste]", "personalize.masked": True},
 }
 SWEEPS = {

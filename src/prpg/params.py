@@ -92,6 +92,10 @@ class PretrainParams(_Group):
 
     encoder: EncoderConfig = EncoderConfig()
     generator: GeneratorConfig = GeneratorConfig()
+    # The generator learns what categories look like from the first N pool instances per category
+    # (pool instances are drawn by name, so these are the same in any larger pool); the encoder uses
+    # the whole pool: telling categories apart across unseen instances needs many instances.
+    generator_pool_per_category: int = Field(50, ge=1)
     # DreamBooth smoke gate, tuned for the tiny generator on CPU (the paper's 2e-6 x 400 is for SD 1.5).
     dreambooth: DreamBoothConfig = DreamBoothConfig(steps=200, lr=1e-4)
     gates: GatesParams = GatesParams()

@@ -62,7 +62,7 @@ def train_transform(cfg: EncoderConfig):
     j = cfg.color_jitter
     return T.Compose([
         T.RandomResizedCrop(cfg.image_size, scale=(0.5, 1.0), interpolation=T.InterpolationMode.BICUBIC),
-        T.RandomHorizontalFlip(), T.ColorJitter(j, j, j, min(j / 6, 0.5)),
+        T.RandomHorizontalFlip(), T.ColorJitter(j, j, j, cfg.hue), T.RandomGrayscale(cfg.grayscale),
         T.ToTensor(), T.Normalize(IMAGENET_MEAN, IMAGENET_STD),
     ])
 

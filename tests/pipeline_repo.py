@@ -49,6 +49,13 @@ def _merge(base: dict, override: dict) -> dict:
     return base
 
 
+# What the pipeline writes (left out of the copy so the tests see fresh outputs). The frozen zoo stage's
+# outputs (models/toybox, reports/executed, toybox_models.json, its figures) are copied like a clone has them.
+REGENERATED = ("outputs/", "reports/tables/", "reports/report.html", "reports/figures/report_",
+               "reports/figures/toybox_gallery.png", "reports/metrics/data.json", "reports/metrics/evaluate.json",
+               "reports/metrics/instances.csv", "reports/metrics/train_log.csv", "reports/results/toybox-")
+
+
 def env() -> dict[str, str]:
     """The project's environment first on PATH (stages call jupytext/papermill by name)."""
     e = dict(os.environ)
@@ -72,7 +79,7 @@ def copy_repo(dst: Path, toybox: dict | None = None, params: dict | None = None)
                            capture_output=True, text=True, check=True).stdout.split("\0")
     for rel in filter(None, files):
         src = ROOT / rel
-        if src.is_file() and not rel.startswith(("outputs/", "reports/metrics/", "reports/figures/")):
+        if src.is_file() and not rel.startswith(REGENERATED):
             (dst / rel).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(src, dst / rel)
     values = yaml.safe_load((dst / "params.yaml").read_text())

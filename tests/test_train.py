@@ -8,6 +8,7 @@ import csv
 import dataclasses
 import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -374,3 +375,37 @@ def test_cuda_bf16_training_saves_an_adapter_that_loads_on_cpu(world, tmp_path):
     x = torch.randn(2, 3, SIDE, SIDE)
     with torch.no_grad():
         assert not torch.allclose(personal.embedding(x), base.embedding(x))
+
+
+@pytest.mark.skipif(not (Path(__file__).resolve().parents[1] / "models/toybox/encoder/config.json").is_file(),
+                    reason="models/toybox not built yet")
+def test_toybox_training_increases_the_instance_separation(toybox_world, tmp_path):
+    """The shipped toybox encoder, LoRA-trained on one toybox instance: positives are half of its test
+    views (standing in for good synthetic positives), negatives its category mates' train images.
+    Separation (mean cosine of its train images to its held-out test views minus to its mates' test
+    images) must grow by a clear margin."""
+    from prpg import backbones
+    from prpg.contrastive import load_personalized, train
+    from prpg.data import load_dataset
+
+    torch.set_num_threads(2)
+    root = Path(__file__).resolve().parents[1]
+    ds = load_dataset(toybox_world / "toybox")
+    inst, mates = "mug_06", [i.name for i in ds.instances_in(category="mug") if i.name != "mug_06"]
+    real = [r.path for r in ds.images("train", inst)]
+    test = [r.path for r in ds.images("test", inst)]
+    positives, held_out = test[0::2], test[1::2]
+    negatives = [r.path for m in mates for r in ds.images("train", m)]
+    mate_test = [r.path for m in mates[:6] for r in ds.images("test", m)]
+    base = backbones.load(root / "models/toybox/encoder")
+
+    def separation(bb) -> float:
+        a, own, other = (embed_images(bb, x) for x in (real, held_out, mate_test))
+        return float((a @ own.T).mean() - (a @ other.T).mean())
+
+    cfg = dataclasses.replace(TOYBOX_TRAIN, num_triplets=320, epochs=1)
+    triplets = make_triplets(real, {"views": positives}, negatives, num_triplets=cfg.num_triplets, seed=0)
+    train(base, triplets, cfg, seed=0, out_dir=tmp_path / "run", progress=False)
+    before, after = separation(base), separation(load_personalized(base, tmp_path / "run"))
+    print(f"toybox mug_06 separation: {before:.3f} -> {after:.3f}")
+    assert after > before + 0.05, (before, after)

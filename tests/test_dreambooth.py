@@ -8,6 +8,7 @@ import csv
 import dataclasses
 import json
 import logging
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -318,3 +319,28 @@ def test_personalize_on_cuda(pipe, world, class_paths, tmp_path, mode, precision
     assert out.pipe.device.type == "cuda" and all(np.isfinite(r["loss"]) for r in out.losses)
     reloaded = db.load_personalized(pipe, tmp_path / "p", device="cuda")
     assert np.allclose(sample_np(reloaded), sample_np(out.pipe), atol=1e-3)
+
+
+SHIPPED_GENERATOR = Path(__file__).resolve().parents[1] / "models/toybox/generator"
+
+
+@pytest.mark.skipif(not (SHIPPED_GENERATOR / "model_index.json").is_file(), reason="models/toybox not built yet")
+@pytest.mark.parametrize("mode,masked", [("full", False), ("lora", False), ("full", True)])
+def test_personalize_round_trip_on_the_shipped_toybox_generator(world, tmp_path, mode, masked):
+    """The same round trip on the shipped toybox generator (64 px), 2 steps."""
+    from prpg.models import load_generator
+
+    base = load_generator(SHIPPED_GENERATOR)
+    classes = ci.generate_class_images(base, "mug", 2, tmp_path / "cls", seed=0, steps=2, batch=2)
+    cfg = dataclasses.replace(FAST, steps=2, mode=mode, masked=masked)
+
+    def sample(p):
+        return p([PROMPT], num_inference_steps=2, guidance_scale=5.0, generator=torch.Generator().manual_seed(0),
+                 output_type="np").images
+
+    before = sample(base)
+    out = db.personalize(base, world.images("train", "mug_00"), "mug", classes, cfg, tmp_path / "p", seed=0)
+    tuned = sample(out.pipe)
+    assert tuned.shape == (1, 64, 64, 3) and not np.array_equal(tuned, before)
+    assert np.array_equal(sample(db.load_personalized(base, tmp_path / "p")), tuned)
+    assert np.array_equal(sample(base), before)

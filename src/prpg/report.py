@@ -21,8 +21,6 @@ import argparse
 import io
 import json
 import math
-import os
-import tempfile
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,7 +30,7 @@ import pandas as pd
 import seaborn as sns
 from matplotlib.figure import Figure
 
-from prpg.atomic import write_text_atomic
+from prpg.atomic import write_bytes_atomic, write_text_atomic
 
 RESULTS_DIR = Path("reports/results")
 METRICS_DIR = Path("reports/metrics")
@@ -592,25 +590,11 @@ def plot_training_curves(train_log: pd.DataFrame | None, window: int = 10) -> Fi
     return fig
 
 
-def _write_bytes_atomic(path: Path, data: bytes) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
-
-
 def save_figure(fig: Figure, path: str | Path, dpi: int = 120) -> Path:
     """PNG without the matplotlib version stamp, so the same inputs give the same bytes; atomic."""
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=dpi, metadata={"Software": None})
-    return _write_bytes_atomic(Path(path), buf.getvalue())
+    return write_bytes_atomic(Path(path), buf.getvalue())
 
 
 # ----------------------------------------------------------------------------------------------- tables out

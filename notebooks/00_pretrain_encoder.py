@@ -22,10 +22,11 @@
 # flip / resized-crop / colour-jitter augmentation.
 #
 # Frozen in `dvc.yaml`; the result ships in `models/toybox/encoder`. Regenerate with
-# `dvc unfreeze pretrain_encoder && dvc repro pretrain_encoder && dvc freeze pretrain_encoder`.
+# `dvc unfreeze pretrain_toybox && dvc repro pretrain_toybox && dvc freeze pretrain_toybox`.
 
 # %% tags=["parameters"]
 common = {"seed": 0, "device": "cpu", "dataset": "toybox", "data_root": "outputs/data/toybox", "data_source": "src/prpg/toybox"}
+data = {}
 pretrain = {}
 
 # %%
@@ -40,7 +41,7 @@ from prpg.paths import chdir_repo_root
 chdir_repo_root()
 
 from prpg.atomic import atomic_dir  # noqa: E402
-from prpg.data import load_dataset  # noqa: E402
+from prpg.data.prepare import load_pool  # noqa: E402
 from prpg.data.images import load_mask, mask_to_box  # noqa: E402
 from prpg.models import TOYBOX_ENCODER  # noqa: E402
 from prpg.params import parse_group  # noqa: E402
@@ -48,8 +49,9 @@ from prpg.zoo import gates  # noqa: E402
 from prpg.zoo.encoder import pretrain_encoder  # noqa: E402
 
 common_p = parse_group("common", common)
+data_p = parse_group("data", data)
 p = parse_group("pretrain", pretrain)
-pool = load_dataset("outputs/data/toybox_pool")
+pool = load_pool(data_p)  # outputs/pool/toybox_pool, built by the stage's first command
 records = [r for split in ("train", "test") for r in pool.images(split)]
 images = gates.load_images(records)
 categories = [pool.instance(r.instance).category for r in records]

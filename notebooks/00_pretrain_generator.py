@@ -21,11 +21,12 @@
 #
 # Frozen in `dvc.yaml` (the default `dvc repro` never retrains it; the result ships in
 # `models/toybox/generator`). Regenerate with
-# `dvc unfreeze pretrain_generator && dvc repro pretrain_generator && dvc freeze pretrain_generator`,
-# then re-run the gates (`zoo_gates`). `pretrain_encoder` is independent: run both at once on 2 cores.
+# `dvc unfreeze pretrain_toybox && dvc repro pretrain_toybox && dvc freeze pretrain_toybox`, which
+# trains the encoder at the same time (one core each), then runs the gates (`00_zoo_gates`).
 
 # %% tags=["parameters"]
 common = {"seed": 0, "device": "cpu", "dataset": "toybox", "data_root": "outputs/data/toybox", "data_source": "src/prpg/toybox"}
+data = {}
 pretrain = {}
 
 # %%
@@ -41,15 +42,16 @@ from prpg.paths import chdir_repo_root
 chdir_repo_root()
 
 from prpg.atomic import atomic_dir  # noqa: E402
-from prpg.data import load_dataset  # noqa: E402
+from prpg.data.prepare import load_pool  # noqa: E402
 from prpg.models import TOYBOX_GENERATOR  # noqa: E402
 from prpg.params import parse_group  # noqa: E402
 from prpg.zoo import gates  # noqa: E402
 from prpg.zoo.generator import pretrain_generator  # noqa: E402
 
 common_p = parse_group("common", common)
+data_p = parse_group("data", data)
 p = parse_group("pretrain", pretrain)
-pool = load_dataset("outputs/data/toybox_pool")
+pool = load_pool(data_p)  # outputs/pool/toybox_pool, built by the stage's first command
 # The first pretrain.generator_pool_per_category instances of each category (names pool_<category>_000, ...).
 keep = {i.name for c in pool.categories for i in pool.instances_in(category=c)[: p.generator_pool_per_category]}
 records = [r for split in ("train", "test") for r in pool.images(split) if r.instance in keep]

@@ -30,6 +30,7 @@
 
 # %% tags=["parameters"]
 common = {"seed": 0, "device": "cpu", "dataset": "toybox", "data_root": "outputs/data/toybox", "data_source": "src/prpg/toybox"}
+data = {}
 pretrain = {}
 
 # %%
@@ -46,6 +47,7 @@ chdir_repo_root()
 
 from prpg.atomic import write_json_atomic  # noqa: E402
 from prpg.data import load_dataset  # noqa: E402
+from prpg.data.prepare import load_pool  # noqa: E402
 from prpg.data.images import load_mask, mask_to_box  # noqa: E402
 from prpg.models import TOYBOX_ENCODER, TOYBOX_GENERATOR, load_backbone, load_generator  # noqa: E402
 from prpg.params import parse_group  # noqa: E402
@@ -54,10 +56,11 @@ from prpg.zoo.card import write_card  # noqa: E402
 from prpg.zoo.encoder import eval_transform  # noqa: E402
 
 common_p = parse_group("common", common)
+data_p = parse_group("data", data)
 p = parse_group("pretrain", pretrain)
 g = p.gates
 t0 = time.perf_counter()
-pool = load_dataset("outputs/data/toybox_pool")
+pool = load_pool(data_p)  # outputs/pool/toybox_pool, built by the stage's first command
 world = load_dataset("outputs/data/toybox")
 encoder = load_backbone(TOYBOX_ENCODER)
 pipe = load_generator(TOYBOX_GENERATOR)

@@ -61,7 +61,7 @@ device = resolve_device(common_p.device)
 cfg = dataclasses.replace(cfg, device=device)
 ds = load_dataset(common_p.data_root)
 pretrained = backbones.load(models_p.backbone, device=device)
-personalized = load_personalized(pretrained, f"outputs/train/{instance}/model")
+personalized = load_personalized(pretrained, f"outputs/train/{instance}/model", merge=True)  # LoRA folded in
 print(f"{instance}: {len(ds.images('test'))} test images, {len(ds.dense_images())} dense images, "
       f"{len(ds.images('train'))} train images of {len(ds.instances)} instances")
 

@@ -95,29 +95,34 @@ def _parameters_cell_names(nb_path: Path) -> set[str]:
     return {t.id for node in tree.body if isinstance(node, ast.Assign) for t in node.targets if isinstance(t, ast.Name)}
 
 
+RUNNER = re.compile(r"python -m prpg\.notebook (\S+) (\S+)((?: -[fr] [^;&]+?)*)\s*(?:[;&]|$)")
+
+
+def _runs(cmds: list[str]) -> list[tuple[str, str, str]]:
+    """(source, executed, flags) of every notebook run, also inside a compound command."""
+    return [m.groups() for c in cmds for m in RUNNER.finditer(c)]
+
+
 @pytest.mark.parametrize("name", sorted(_stages()))
 def test_stage_follows_papermill_conventions(name):
     stage = _stages()[name]
     stage = stage.get("do", stage)  # foreach stages: check the template
     cmds = stage["cmd"] if isinstance(stage["cmd"], list) else [stage["cmd"]]
-    # Every papermill call, also inside a compound command (the zoo stage runs two at once).
-    pm = [m.strip() for c in cmds for m in re.findall(r"papermill [^;&]+", c)]
+    assert not any(c.startswith(("papermill ", "jupytext ")) for c in cmds), \
+        f"stage {name}: run notebooks with python -m prpg.notebook (one process)"
+    runs = _runs(cmds)
+    assert runs, f"stage {name}: no notebook run"
     deps = [str(d) for d in stage.get("deps", [])]
     outs = [next(iter(o)) if isinstance(o, dict) else o for o in stage.get("outs", [])]
     for out in outs + [next(iter(m)) for m in stage.get("metrics", [])]:
         assert not out.startswith("data/"), f"stage {name} writes under data/ (tracked by data.dvc)"
-    for cmd in pm:
-        for flag in ["-k python3", "--cwd .", "-f params.yaml", "--no-progress-bar"]:
-            assert flag in cmd, f"stage {name}: papermill without {flag}"
-        assert " -p " not in cmd, f"stage {name}: use -r for the foreach item (-p retypes values)"
-        for value in re.findall(r" -r (\S+) ", cmd):
-            assert value in {"instance", "category"}, f"stage {name}: -r only for the foreach item"
-        executed = cmd.split()[2]
-        assert executed in outs and executed not in deps, f"stage {name}: executed notebook must be an out only"
-    sources = [c.split()[-1] for c in cmds if c.startswith("jupytext ")]
-    assert len(sources) == len(pm), f"stage {name}: one jupytext conversion per papermill run"
     groups = {(g if isinstance(g, str) else next(iter(g))).split(".")[0] for g in stage.get("params", [])}
-    for source in sources:
+    for source, executed, flags in runs:
+        assert "-f params.yaml" in flags, f"stage {name}: notebook run without -f params.yaml"
+        assert " -p " not in f" {flags} ", f"stage {name}: use -r for the foreach item (-p retypes values)"
+        for value in re.findall(r"-r (\S+) ", flags):
+            assert value in {"instance", "category"}, f"stage {name}: -r only for the foreach item"
+        assert executed in outs and executed not in deps, f"stage {name}: executed notebook must be an out only"
         assert source in deps and source.startswith("notebooks/") and source.endswith(".py")
         # The parameters cell declares exactly the groups the stage says it reads.
         names = _parameters_cell_names(ROOT / source) - {"instance", "category"}
@@ -126,6 +131,6 @@ def test_stage_follows_papermill_conventions(name):
 
 def test_every_notebook_is_a_stage():
     cmds = [c for s in _stages().values() for c in s.get("do", s)["cmd"]]
-    used = {c.split()[-1] for c in cmds if c.startswith("jupytext ")}
+    used = {source for source, _, _ in _runs(cmds)}
     for nb in sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.py")):
         assert f"notebooks/{nb.name}" in used, f"{nb.name} is not run by any dvc.yaml stage"

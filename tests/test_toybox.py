@@ -314,6 +314,18 @@ def test_failed_build_leaves_nothing_behind(tmp_path, monkeypatch):
     assert list(tmp_path.iterdir()) == []
 
 
+def test_each_dataset_alone_has_the_same_files_as_both(tmp_path):
+    """The data stage builds only the evaluation world and the zoo stage only the pool: each must be
+    byte-identical to its half of a full build (same seeds, pool still disjoint from evaluation)."""
+    both = build_toybox(tmp_path / "both", seed=3, workers=1, **TINY)
+    for name in ("toybox", "toybox_pool"):
+        alone = build_toybox(tmp_path / name, seed=3, workers=2, datasets=(name,), **TINY)
+        assert sorted(p.name for p in alone.iterdir()) == [name]
+        assert file_hashes(alone / name) == file_hashes(both / name)
+    with pytest.raises(ValueError, match="datasets must be"):
+        build_toybox(tmp_path / "bad", datasets=("toybox", "nope"), **TINY)
+
+
 def test_failed_rebuild_keeps_the_previous_world(tmp_path, monkeypatch):
     out = build_toybox(tmp_path / "out", seed=0, workers=2, **TINY)
     before = {d: file_hashes(out / d) for d in ("toybox", "toybox_pool")}

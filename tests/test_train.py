@@ -292,6 +292,10 @@ def test_adapter_save_load_reproduces_embeddings_exactly(world, tmp_path):
         assert not torch.allclose(base.embedding(x), loaded.embedding(x))  # training did change it
     images = world["target_test"][:3]
     assert torch.equal(embed_images(bb, images), embed_images(loaded, images))
+    merged = load_personalized(base, tmp_path / "adapter", merge=True)  # what evaluation uses
+    assert not any("lora" in n for n, _ in merged.model.named_modules())
+    with torch.no_grad():
+        assert torch.allclose(merged.embedding(x, "cls+patch"), loaded.embedding(x, "cls+patch"), atol=1e-5)
     (tmp_path / "empty").mkdir()
     with pytest.raises(FileNotFoundError, match="empty: no adapter_config.json"):
         load_personalized(base, tmp_path / "empty")

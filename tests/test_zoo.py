@@ -127,10 +127,10 @@ def test_shipped_encoder_probe_reproduces_its_card():
     from prpg.models import load_backbone
     from prpg.zoo.encoder import eval_transform
 
-    data = ROOT / "outputs/data"
-    if not (data / "toybox_pool").is_dir():
-        pytest.skip("run `dvc repro data` first (the probe is measured on the default toybox world)")
-    pool, world = load_dataset(data / "toybox_pool"), load_dataset(data / "toybox")
+    pool_root, world_root = ROOT / "outputs/pool/toybox_pool", ROOT / "outputs/data/toybox"
+    if not (pool_root.is_dir() and world_root.is_dir()):
+        pytest.skip("needs the default world and pool: `dvc repro data` and `python -m prpg.data.prepare pool`")
+    pool, world = load_dataset(pool_root), load_dataset(world_root)
     enc, tf = load_backbone(SHIPPED / "encoder"), eval_transform(EncoderConfig())
 
     def objects(records):

@@ -155,9 +155,11 @@ def _adapter_dir(path: str | Path) -> Path:
     return path
 
 
-def load_personalized(base: Backbone, adapter_dir: str | Path) -> Backbone:
+def load_personalized(base: Backbone, adapter_dir: str | Path, merge: bool = False) -> Backbone:
     """The base backbone with a saved adapter, in eval mode (LoRA dropout off). `adapter_dir` is a
-    train output folder or its adapter/ folder. The base backbone is untouched."""
+    train output folder or its adapter/ folder. The base backbone is untouched. merge=True folds the
+    LoRA update into the weights (peft merge_and_unload): the same function, a plain ViT, and no
+    extra low-rank matmuls per layer at inference (evaluation)."""
     from peft import PeftModel
 
     path = _adapter_dir(adapter_dir)
@@ -169,6 +171,8 @@ def load_personalized(base: Backbone, adapter_dir: str | Path) -> Backbone:
                           stacklevel=2)
     device = next(vit(base.model).parameters()).device
     model = PeftModel.from_pretrained(copy.deepcopy(vit(base.model)), str(path), is_trainable=False)
+    if merge:
+        model = model.merge_and_unload()
     return dataclasses.replace(base, model=model.to(device).eval())
 
 

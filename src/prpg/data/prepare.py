@@ -16,7 +16,11 @@ from prpg.data.dataset import Dataset, DatasetError, load_dataset
 from prpg.params import CommonParams, DataParams
 from prpg.paths import ensure_not_under_data
 
-DATA_OUT = Path("outputs/data")  # the data stage's DVC out; toybox/ and toybox_pool/ live inside
+DATA_OUT = Path("outputs/data")  # the data stage's DVC out; the toybox evaluation world lives inside
+# The toybox pretraining pool: scratch of the frozen pretrain_toybox stage, which rebuilds it first
+# thing. Not a DVC out on purpose: a frozen stage whose cached out is missing (any fresh clone) makes
+# `dvc repro` fail, and the pool (~14k images) is only needed to retrain the shipped zoo.
+POOL_OUT = Path("outputs/pool")
 TEST_SPLITS = ("in_distribution", "pose", "distractors", "pose_and_distractors")
 
 
@@ -28,7 +32,7 @@ def prepare_dataset(common: CommonParams, data: DataParams, out: Path = DATA_OUT
 
         root = out / "toybox"
         if not root.exists():  # DVC removes outs before running; in Jupyter we reuse a built world
-            build_toybox(out, seed=common.seed, **data.toybox.model_dump())
+            build_toybox(out, seed=common.seed, **data.toybox.model_dump(), datasets=("toybox",))
         return root
     root = Path(common.data_root)
     problems = check_dataset(root, min_train=data.min_train_images, require_train_masks=data.require_train_masks)
@@ -61,3 +65,50 @@ def summarize(ds: Dataset) -> dict[str, Any]:
         "per_category": by_cat,
         "test_splits": {s: splits.get(s, 0) for s in TEST_SPLITS},
     }
+
+
+def prepare_pool(common: CommonParams, data: DataParams, out: Path = POOL_OUT) -> Path:
+    """(Re)build the toybox pretraining pool into out/toybox_pool; returns its root."""
+    from prpg.toybox import POOL_NAME, build_toybox
+
+    ensure_not_under_data(out)
+    build_toybox(out, seed=common.seed, **data.toybox.model_dump(), datasets=(POOL_NAME,))
+    return out / POOL_NAME
+
+
+def load_pool(data: DataParams, out: Path = POOL_OUT) -> Dataset:
+    """The pool, checked against data.toybox: it is scratch, so it may be missing or stale."""
+    from prpg.toybox import POOL_NAME
+
+    root = out / POOL_NAME
+    fix = "build it with `python -m prpg.data.prepare pool` (the pretrain_toybox stage does this first)"
+    if not root.is_dir():
+        raise DatasetError(f"{root}: no toybox pool; {fix}")
+    pool = load_dataset(root)
+    want = data.toybox.pool_per_category
+    have = {c: len(pool.instances_in(category=c)) for c in pool.categories}
+    if set(have.values()) != {want}:
+        raise DatasetError(f"{root}: {have} instances per category, params say data.toybox.pool_per_category={want}; {fix}")
+    return pool
+
+
+def main(argv: list[str] | None = None) -> int:
+    """python -m prpg.data.prepare pool [params.yaml]: build the pool from the params file's groups."""
+    import argparse
+
+    from prpg.params import load_params
+
+    ap = argparse.ArgumentParser(prog="python -m prpg.data.prepare", description=main.__doc__)
+    ap.add_argument("what", choices=["pool"])
+    ap.add_argument("params", nargs="?", default="params.yaml")
+    args = ap.parse_args(argv)
+    params = load_params(args.params)
+    if params["common"].dataset != "toybox":
+        raise SystemExit(f"{args.params}: common.dataset is {params['common'].dataset!r}; the pool is toybox-only")
+    root = prepare_pool(params["common"], params["data"])
+    print(f"toybox pool written to {root}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -172,8 +172,14 @@ def build_toybox(
     dense_per_split: int = 3,
     pool_test_per_split: int = 4,
     workers: int = 2,
+    datasets: tuple[str, ...] = (EVAL_NAME, POOL_NAME),
 ) -> Path:
-    """Build <out>/toybox and <out>/toybox_pool; both appear complete or not at all. Returns `out`."""
+    """Build <out>/toybox and/or <out>/toybox_pool (`datasets`); each appears complete or not at all.
+
+    The two are independent: an image depends only on (seed, dataset, instance, folder, index), and
+    the pool's instances are drawn to avoid the evaluation instances either way, so building one
+    alone gives the same files as building both. The data stage builds only the evaluation world
+    (a fifth of the images); the zoo's pretraining stage builds the pool. Returns `out`."""
     if (
         not 0 <= val_per_category <= instances_per_category
         or instances_per_category < 1
@@ -187,6 +193,8 @@ def build_toybox(
         raise ValueError(
             "need test_per_split >= 1, pool_test_per_split >= 1, dense_per_split >= 0, size >= 32, seed >= 0"
         )
+    if not datasets or set(datasets) - {EVAL_NAME, POOL_NAME}:
+        raise ValueError(f"datasets must be a non-empty subset of ({EVAL_NAME!r}, {POOL_NAME!r}), got {datasets!r}")
     out = Path(out)
     created = not out.exists()
     out.mkdir(parents=True, exist_ok=True)
@@ -194,28 +202,31 @@ def build_toybox(
     try:
         evaluation, pool = world_instances(seed, instances_per_category, pool_per_category)
         eval_root, pool_root = tmp / EVAL_NAME, tmp / POOL_NAME
-        jobs = [
-            _Job(eval_root, EVAL_NAME, n, inst, seed, size, test_per_split, dense_per_split)
-            for n, inst in evaluation.items()
-        ]
-        jobs += [
-            _Job(pool_root, POOL_NAME, n, inst, seed, size, pool_test_per_split, 0)
-            for n, inst in pool.items()
-        ]
-        eval_root.mkdir()
-        pool_root.mkdir()
-        annos: dict[str, dict[str, dict[str, Any]]] = {EVAL_NAME: {}, POOL_NAME: {}}
+        jobs = []
+        if EVAL_NAME in datasets:
+            jobs += [
+                _Job(eval_root, EVAL_NAME, n, inst, seed, size, test_per_split, dense_per_split)
+                for n, inst in evaluation.items()
+            ]
+        if POOL_NAME in datasets:
+            jobs += [
+                _Job(pool_root, POOL_NAME, n, inst, seed, size, pool_test_per_split, 0)
+                for n, inst in pool.items()
+            ]
+        for name in datasets:
+            (tmp / name).mkdir()
+        annos: dict[str, dict[str, dict[str, Any]]] = {name: {} for name in datasets}
         for job, result in zip(jobs, _run(jobs, workers), strict=True):
             annos[job.dataset].update(result)
         eval_split = {
             n: "val" if i % instances_per_category < val_per_category else "test"
             for i, n in enumerate(evaluation)
         }
-        _write_json(eval_root / f"{EVAL_NAME}_info.json", _info(eval_split))
-        _write_json(pool_root / f"{POOL_NAME}_info.json", _info({n: "pool" for n in pool}))
-        for name, root in ((EVAL_NAME, eval_root), (POOL_NAME, pool_root)):
-            _write_json(root / ANNOS_FILE, annos[name])
-        for name in (EVAL_NAME, POOL_NAME):  # swap in: the old dataset moves into tmp and dies with it
+        infos = {EVAL_NAME: _info(eval_split), POOL_NAME: _info({n: "pool" for n in pool})}
+        for name in datasets:
+            _write_json(tmp / name / f"{name}_info.json", infos[name])
+            _write_json(tmp / name / ANNOS_FILE, annos[name])
+        for name in datasets:  # swap in: the old dataset moves into tmp and dies with it
             target = out / name
             if target.exists():
                 os.replace(target, tmp / f"{name}.previous")

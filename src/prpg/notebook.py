@@ -1,0 +1,72 @@
+"""Run one jupytext notebook as a DVC stage, in one process.
+
+    python -m prpg.notebook notebooks/03_personalize.py outputs/executed/03_personalize/mug_06.ipynb \
+        -f params.yaml -r instance mug_06
+
+does what the two-command convention does (`jupytext --to ipynb --set-kernel python3` into build/,
+then `papermill <nb> <out> -k python3 --cwd . -f params.yaml -r instance mug_06 --log-output
+--no-progress-bar`), with the same papermill engine and the same injected parameters: every
+top-level group of the params file as a dict, then each `-r NAME VALUE` as a string. One process
+instead of two saves ~3.5 s of CLI start-up per stage (jupytext 3.1 s + papermill 2.5 s measured
+on 2 cores), which is most of a toybox stage's overhead over 33 stage runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import yaml
+
+KERNEL = {"name": "python3", "display_name": "Python 3", "language": "python"}
+
+
+def load_parameters(params_file: Path | None, raw: list[tuple[str, str]]) -> dict:
+    """papermill's -f then -r: the YAML's top-level groups, then raw string values on top."""
+    params: dict = {}
+    if params_file is not None:
+        try:
+            loaded = yaml.safe_load(Path(params_file).read_text())
+        except FileNotFoundError:
+            raise SystemExit(f"{params_file}: parameters file not found (run from the repository root)") from None
+        except yaml.YAMLError as e:
+            raise SystemExit(f"{params_file}: not valid YAML ({e}); fix the file") from None
+        if not isinstance(loaded, dict):
+            raise SystemExit(f"{params_file}: expected a mapping of parameter groups at the top level")
+        params.update(loaded)
+    params.update(dict(raw))
+    return params
+
+
+def run(source: Path, output: Path, parameters: dict, cwd: str = ".") -> None:
+    """Execute the jupytext notebook `source` with papermill, writing the executed notebook to `output`."""
+    import jupytext  # here, not at module level: `--help` stays instant
+    import papermill
+
+    if not source.is_file():
+        raise SystemExit(f"{source}: notebook not found")
+    nb = jupytext.read(source)
+    nb.metadata["kernelspec"] = dict(KERNEL)  # what `jupytext --set-kernel python3` writes
+    nb.metadata.setdefault("language_info", {"name": "python"})
+    output.parent.mkdir(parents=True, exist_ok=True)
+    papermill.execute_notebook(nb, str(output), parameters=parameters, kernel_name=KERNEL["name"], cwd=cwd,
+                               log_output=True, progress_bar=False)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m prpg.notebook", description=__doc__.split("\n\n")[0])
+    ap.add_argument("source", type=Path, help="jupytext percent notebook (notebooks/NN_stage.py)")
+    ap.add_argument("output", type=Path, help="executed .ipynb to write")
+    ap.add_argument("-f", "--parameters-file", type=Path, help="YAML whose top-level groups are injected")
+    ap.add_argument("-r", "--parameters-raw", nargs=2, action="append", default=[], metavar=("NAME", "VALUE"),
+                    help="a string parameter (the foreach item)")
+    ap.add_argument("--cwd", default=".", help="working directory of the kernel (default: .)")
+    args = ap.parse_args(argv)
+    params = load_parameters(args.parameters_file, [tuple(r) for r in args.parameters_raw])
+    run(args.source, args.output, params, cwd=args.cwd)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,50 @@
+"""prpg.notebook: the one-process jupytext + papermill stage runner."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from prpg.notebook import load_parameters, main
+
+NOTEBOOK = '''# %% tags=["parameters"]
+common = {}
+instance = "none"
+
+# %%
+import json
+from pathlib import Path
+Path("seen.json").write_text(json.dumps({"seed": common["seed"], "flag": common["flag"], "instance": instance}))
+'''
+
+
+def test_runs_the_notebook_with_the_params_groups_and_raw_values(tmp_path):
+    (tmp_path / "nb.py").write_text(NOTEBOOK)
+    (tmp_path / "params.yaml").write_text("common:\n  seed: 3\n  flag: false\nother:\n  x: [1, 2]\n")
+    subprocess.run([sys.executable, "-m", "prpg.notebook", "nb.py", "out/executed.ipynb", "-f", "params.yaml",
+                    "-r", "instance", "007"], cwd=tmp_path, check=True, capture_output=True)
+    # YAML types survive (false stays a bool), the -r value stays a string ("007", not 7).
+    assert json.loads((tmp_path / "seen.json").read_text()) == {"seed": 3, "flag": False, "instance": "007"}
+    executed = json.loads((tmp_path / "out/executed.ipynb").read_text())
+    assert executed["metadata"]["kernelspec"]["name"] == "python3"
+    injected = [c for c in executed["cells"] if "injected-parameters" in c["metadata"].get("tags", [])]
+    assert len(injected) == 1 and 'instance = "007"' in "".join(injected[0]["source"])
+
+
+def test_a_failing_cell_fails_the_run(tmp_path):
+    (tmp_path / "nb.py").write_text('# %% tags=["parameters"]\nx = 1\n\n# %%\nraise ValueError("boom")\n')
+    proc = subprocess.run([sys.executable, "-m", "prpg.notebook", "nb.py", "done.ipynb"], cwd=tmp_path,
+                          capture_output=True, text=True)
+    assert proc.returncode != 0 and "boom" in proc.stderr
+    assert "boom" in (tmp_path / "done.ipynb").read_text()  # papermill keeps the failed notebook to inspect
+
+
+def test_bad_inputs_name_the_file(tmp_path):
+    with pytest.raises(SystemExit, match="missing.yaml: parameters file not found"):
+        load_parameters(tmp_path / "missing.yaml", [])
+    (tmp_path / "list.yaml").write_text("- 1\n- 2\n")
+    with pytest.raises(SystemExit, match="list.yaml: expected a mapping"):
+        load_parameters(tmp_path / "list.yaml", [])
+    with pytest.raises(SystemExit, match="nope.py: notebook not found"):
+        main([str(tmp_path / "nope.py"), str(tmp_path / "out.ipynb")])

@@ -129,6 +129,8 @@ def test_pretraining_recipe_runs_at_micro_scale(tmp_path):
     run(["dvc", "repro", "data"], repo)
     run(["dvc", "unfreeze", "pretrain_toybox"], repo)
     run(["dvc", "repro", "pretrain_toybox"], repo)
+    pool = json.loads((repo / "outputs/pool/toybox_pool/toybox_pool_info.json").read_text())  # built by the stage
+    assert len(pool["classes"]) == 5 * MICRO_TOYBOX["pool_per_category"]
     for sub in ("encoder", "generator"):
         card = json.loads((repo / f"models/toybox/{sub}/card.json").read_text())
         assert card["metrics"] and card["facts"]["size on disk (MB)"] > 0

@@ -369,3 +369,20 @@ def test_full_default_world_builds_within_a_minute(tmp_path):
     print(f"full toybox world: {elapsed:.1f} s, {n_files} images")
     assert n_files == 100 * (3 + 24 + 12) + 250 * (3 + 16)
     assert elapsed < 60
+
+
+def test_pool_is_built_from_params_and_checked_against_them(tmp_path):
+    from prpg.data import DatasetError
+    from prpg.data.prepare import load_pool, prepare_pool
+    from prpg.params import parse_group
+
+    common = parse_group("common", {"seed": 0})
+    data = parse_group("data", {"toybox": {**TINY, "instances_per_category": 2, "pool_per_category": 2}})
+    with pytest.raises(DatasetError, match="no toybox pool; build it with `python -m prpg.data.prepare pool`"):
+        load_pool(data, tmp_path)
+    root = prepare_pool(common, data, tmp_path)
+    assert root == tmp_path / "toybox_pool" and not (tmp_path / "toybox").exists()
+    assert len(load_pool(data, tmp_path).instances) == 10
+    stale = parse_group("data", {"toybox": {**TINY, "instances_per_category": 2, "pool_per_category": 3}})
+    with pytest.raises(DatasetError, match="params say data.toybox.pool_per_category=3"):
+        load_pool(stale, tmp_path)

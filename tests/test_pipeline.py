@@ -73,7 +73,7 @@ def test_generation_stages_write_their_outputs(repo):
 @pytest.mark.parametrize("key, value, changed", [
     ("train.lr", 0.002, {"train@mug_01"}),
     ("filter.threshold", 0.5, {"filter@mug_01"}),
-    ("personalize.lr", 0.0002, {"personalize@mug_01"}),
+    ("personalize.lr", 0.0003, {"personalize@mug_01"}),
     ("personalize.num_class_images", 3, {"priors@mug", "personalize@mug_01"}),
     ("synthesize.negatives.n", 5, {"priors@mug"}),
     ("evaluate.eval_feature", "cls+patch", {"evaluate@mug_01"}),

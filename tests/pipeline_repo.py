@@ -57,7 +57,7 @@ REGENERATED = ("outputs/", "reports/tables/", "reports/report.html", "reports/fi
 
 
 def env() -> dict[str, str]:
-    """The project's environment first on PATH (stages call jupytext/papermill by name)."""
+    """The project's environment first on PATH (stages call python / prpg by name)."""
     e = dict(os.environ)
     e["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{e.get('PATH', '')}"
     e.update(GIT_AUTHOR_NAME="prpg-test", GIT_AUTHOR_EMAIL="test@prpg", GIT_COMMITTER_NAME="prpg-test",

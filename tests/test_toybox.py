@@ -378,7 +378,7 @@ def test_pool_is_built_from_params_and_checked_against_them(tmp_path):
 
     common = parse_group("common", {"seed": 0})
     data = parse_group("data", {"toybox": {**TINY, "instances_per_category": 2, "pool_per_category": 2}})
-    with pytest.raises(DatasetError, match="no toybox pool; build it with `python -m prpg.data.prepare pool`"):
+    with pytest.raises(DatasetError, match="no toybox pool; build it with `prpg data build-pool`"):
         load_pool(data, tmp_path)
     root = prepare_pool(common, data, tmp_path)
     assert root == tmp_path / "toybox_pool" and not (tmp_path / "toybox").exists()

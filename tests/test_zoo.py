@@ -129,7 +129,7 @@ def test_shipped_encoder_probe_reproduces_its_card():
 
     pool_root, world_root = ROOT / "outputs/pool/toybox_pool", ROOT / "outputs/data/toybox"
     if not (pool_root.is_dir() and world_root.is_dir()):
-        pytest.skip("needs the default world and pool: `dvc repro data` and `python -m prpg.data.prepare pool`")
+        pytest.skip("needs the default world and pool: `dvc repro data` and `prpg data build-pool`")
     pool, world = load_dataset(pool_root), load_dataset(world_root)
     enc, tf = load_backbone(SHIPPED / "encoder"), eval_transform(EncoderConfig())
 

@@ -26,6 +26,17 @@ def _build_toybox(args: argparse.Namespace) -> int:
     return 0
 
 
+def _build_pool(args: argparse.Namespace) -> int:
+    from prpg.data.prepare import prepare_pool
+    from prpg.params import load_params
+
+    params = load_params(args.params)
+    if params["common"].dataset != "toybox":
+        raise ValueError(f"{args.params}: common.dataset is {params['common'].dataset!r}; the pool is toybox-only")
+    print(f"toybox pool written to {prepare_pool(params['common'], params['data'])}")
+    return 0
+
+
 def _check(args: argparse.Namespace) -> int:
     from prpg.data import check_dataset, format_report
 
@@ -91,6 +102,10 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--pool-per-category", type=int, default=50)
     b.add_argument("--workers", type=int, default=2)
     b.set_defaults(func=_build_toybox)
+
+    bp = data.add_parser("build-pool", help="build the toybox pretraining pool (outputs/pool) from params.yaml")
+    bp.add_argument("params", type=Path, nargs="?", default=Path("params.yaml"))
+    bp.set_defaults(func=_build_pool)
 
     c = data.add_parser("check", help="validate a PODS-format dataset, listing every problem")
     c.add_argument("path", type=Path)

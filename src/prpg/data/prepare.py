@@ -81,7 +81,7 @@ def load_pool(data: DataParams, out: Path = POOL_OUT) -> Dataset:
     from prpg.toybox import POOL_NAME
 
     root = out / POOL_NAME
-    fix = "build it with `python -m prpg.data.prepare pool` (the pretrain_toybox stage does this first)"
+    fix = "build it with `prpg data build-pool` (the pretrain_toybox stage does this first)"
     if not root.is_dir():
         raise DatasetError(f"{root}: no toybox pool; {fix}")
     pool = load_dataset(root)
@@ -91,24 +91,3 @@ def load_pool(data: DataParams, out: Path = POOL_OUT) -> Dataset:
         raise DatasetError(f"{root}: {have} instances per category, params say data.toybox.pool_per_category={want}; {fix}")
     return pool
 
-
-def main(argv: list[str] | None = None) -> int:
-    """python -m prpg.data.prepare pool [params.yaml]: build the pool from the params file's groups."""
-    import argparse
-
-    from prpg.params import load_params
-
-    ap = argparse.ArgumentParser(prog="python -m prpg.data.prepare", description=main.__doc__)
-    ap.add_argument("what", choices=["pool"])
-    ap.add_argument("params", nargs="?", default="params.yaml")
-    args = ap.parse_args(argv)
-    params = load_params(args.params)
-    if params["common"].dataset != "toybox":
-        raise SystemExit(f"{args.params}: common.dataset is {params['common'].dataset!r}; the pool is toybox-only")
-    root = prepare_pool(params["common"], params["data"])
-    print(f"toybox pool written to {root}")
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

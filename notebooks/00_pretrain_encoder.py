@@ -18,8 +18,10 @@
 # from scratch on the toybox **pool** with a category objective: it must know *categories* (a mug
 # from a shoe) but have no reason to tell *your* mug from other mugs — the gap personalization fills.
 # Self-supervised instance discrimination (SimCLR-style) would instead teach it the very skill the
-# method adds, so a 5-way category cross-entropy on CLS it is, on object-centred crops with
-# flip / resized-crop / colour-jitter augmentation.
+# method adds, so it is category supervision: a 5-way cross-entropy on CLS plus the same on every
+# patch token (object category or background, from the pool's masks: "token labeling"), on object
+# crops, box crops and scenes whose objects are re-coloured, re-textured and set on other
+# backgrounds, so that only the shape says the category.
 #
 # Frozen in `dvc.yaml`; the result ships in `models/toybox/encoder`. Regenerate with
 # `dvc unfreeze pretrain_toybox && dvc repro pretrain_toybox && dvc freeze pretrain_toybox`.
@@ -42,7 +44,7 @@ chdir_repo_root()
 
 from prpg.atomic import atomic_dir  # noqa: E402
 from prpg.data.prepare import load_pool  # noqa: E402
-from prpg.data.images import load_mask, mask_to_box  # noqa: E402
+from prpg.data.images import load_mask  # noqa: E402
 from prpg.models import TOYBOX_ENCODER  # noqa: E402
 from prpg.params import parse_group  # noqa: E402
 from prpg.zoo import gates  # noqa: E402
@@ -56,7 +58,7 @@ records = [r for split in ("train", "test") for r in pool.images(split)]
 images = gates.load_images(records)
 categories = [pool.instance(r.instance).category for r in records]
 names = sorted(set(categories))
-boxes = [mask_to_box(load_mask(r.mask_path)) for r in records]
+masks = [load_mask(r.mask_path) for r in records]
 print(f"{len(images)} pool images of {len(pool.instances)} instances, categories {names}")
 
 # %% [markdown]
@@ -64,8 +66,8 @@ print(f"{len(images)} pool images of {len(pool.instances)} instances, categories
 
 # %%
 with atomic_dir(TOYBOX_ENCODER) as out:
-    stats = pretrain_encoder(images, [names.index(c) for c in categories], len(names), out, p.encoder,
-                             seed=common_p.seed, boxes=boxes)
+    stats = pretrain_encoder(images, masks, [names.index(c) for c in categories], len(names), out, p.encoder,
+                             seed=common_p.seed)
     losses = stats.pop("losses")
     (out / "training.json").write_text(json.dumps(stats, indent=2, sort_keys=True) + "\n")
 print(f"encoder: {stats['seconds'] / 60:.1f} min wall, {stats['cpu_seconds'] / 60:.1f} min CPU; "
@@ -74,7 +76,7 @@ print(f"encoder: {stats['seconds'] / 60:.1f} min wall, {stats['cpu_seconds'] / 6
 # %%
 fig, ax = plt.subplots(figsize=(5, 2.8))
 ax.plot(np.convolve(losses, np.ones(25) / 25, mode="valid"))
-ax.set_title("encoder category cross-entropy (25-step mean)")
+ax.set_title("encoder loss: CLS + patch category cross-entropy (25-step mean)")
 ax.set_xlabel("step")
 fig.tight_layout()
 Path("reports/figures").mkdir(parents=True, exist_ok=True)

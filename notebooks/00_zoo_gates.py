@@ -127,8 +127,10 @@ write_card(TOYBOX_ENCODER, "Toybox encoder (DINOv2 stand-in)",
            {"architecture": f"timm vit_small_patch14_dinov2 class: patch {e.patch_size}, dim {e.embed_dim}, "
                             f"depth {e.depth}, heads {e.heads}, LayerScale init 1.0",
             "data": f"toybox pool: {enc_train['train_images']} images of {len(pool.instances)} instances (never evaluated on)",
-            "objective": f"5-way category cross-entropy on CLS; {e.object_crops:.0%} object-centred square crops; "
-                         "resized-crop / flip / colour-jitter",
+            "objective": f"5-way category cross-entropy on CLS + {e.token_label_weight:g} x per-patch category "
+                         f"(or background) cross-entropy from the masks; views object / box / scene {e.view_mix}; "
+                         f"texture swap {e.texture_swap:g}, background swap {e.background_swap:g}, channel shuffle, "
+                         f"rotation +-{e.rotation:g} deg, zoom, flip",
             "steps x batch": f"{e.steps} x {e.batch}, AdamW lr {e.lr}, cosine", "seed": common_p.seed,
             "parameters": enc_train["params"], "train wall time (s)": enc_train["seconds"],
             "train CPU time (s, all threads)": enc_train["cpu_seconds"],
@@ -145,7 +147,9 @@ write_card(TOYBOX_GENERATOR, "Toybox generator (Stable Diffusion 1.5 stand-in)",
            {"resolution": c.resolution,
             "data": f"toybox pool: {gen_train['train_images']} captioned images (the first "
                     f"{p.generator_pool_per_category} pool instances per category)",
-            "objective": "VAE: L1+MSE+1e-6 KL; UNet+text encoder: epsilon MSE, 10% empty captions, EMA",
+            "objective": "VAE: L1+MSE+1e-6 KL; UNet+text encoder: epsilon MSE"
+                         + (f" with min-SNR weighting (gamma {c.snr_gamma:g})" if c.snr_gamma else "")
+                         + ", 10% empty captions, EMA",
             "steps": f"vae {c.vae_steps} x {c.vae_batch}, unet {c.unet_steps} x {c.unet_batch}",
             "seed": common_p.seed, "parameters": gen_train["params"], "weights": "fp16 safetensors (upcast on load)",
             "train wall time (s)": gen_train["total_seconds"], "train CPU time (s, all threads)": gen_train["cpu_seconds"]},

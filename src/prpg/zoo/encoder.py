@@ -32,6 +32,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from prpg.configs import EncoderConfig
+from prpg.data.images import mask_to_box
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -92,8 +93,7 @@ def cut_views(image, mask: np.ndarray, cfg: EncoderConfig, rng: np.random.Genera
 
     size = round(cfg.image_size * 9 / 8)
     m = Image.fromarray(np.asarray(mask, dtype=np.uint8) * 255)
-    ys, xs = np.nonzero(mask)
-    box = (int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1) if len(xs) else (0, 0, *image.size)
+    box = mask_to_box(mask) or (0, 0, *image.size)  # an empty mask: the whole image
     pairs = []
     sq = _square(box, rng.uniform(0.1, 0.4))  # PIL pads outside the image with black
     pairs.append((image.crop(sq), m.crop(sq)))

@@ -16,14 +16,20 @@ unexport PYTHONDONTWRITEBYTECODE
 
 install: $(VENV)/.installed
 
-# torch/torchvision (and uv) through pip: pip finds this machine's local torch wheels, uv does not.
-# Everything else through uv, against the same lock: install 1.7 min in all instead of 3.8 (measured, 2 cores).
+# uv does the installing (measured on 2 cores: torch+torchvision 21 s instead of pip's 68 s). It is
+# given the local wheel locations of this machine's pip config (find-links, extra index), where pip has
+# them, so it takes torch from local disk as pip would; elsewhere it uses PyPI as pip would. Like pip,
+# it picks the best match over all indexes (uv's default stops at the first index naming a package).
 # Plain pip works too: pip install -c constraints.txt -e '.[test]'
+PIP_LOCAL = $(foreach u,$(shell $(PYTHON) -m pip config get global.find-links 2>/dev/null),--find-links $(u)) \
+	$(foreach u,$(shell $(PYTHON) -m pip config get global.extra-index-url 2>/dev/null),--extra-index-url $(u)) \
+	--index-strategy unsafe-best-match
 UV_INSTALL = $(BIN)/uv pip install --quiet --compile-bytecode --python $(BIN)/python -c constraints.txt
 
 $(VENV)/.installed: pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check -c constraints.txt uv torch torchvision
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -c constraints.txt uv
+	$(UV_INSTALL) $(PIP_LOCAL) torch torchvision
 	$(UV_INSTALL) -e '.[test]'
 	touch $@
 

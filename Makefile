@@ -21,8 +21,9 @@ install: $(VENV)/.installed
 # them, so it takes torch from local disk as pip would; elsewhere it uses PyPI as pip would. Like pip,
 # it picks the best match over all indexes (uv's default stops at the first index naming a package).
 # Plain pip works too: pip install -c constraints.txt -e '.[test]'
-PIP_LOCAL = $(foreach u,$(shell $(PYTHON) -m pip config get global.find-links 2>/dev/null),--find-links $(u)) \
-	$(foreach u,$(shell $(PYTHON) -m pip config get global.extra-index-url 2>/dev/null),--extra-index-url $(u)) \
+# Both sources pip reads: its environment variables and its config files ($(sort) drops duplicates).
+PIP_LOCAL = $(foreach u,$(sort $(PIP_FIND_LINKS) $(shell $(PYTHON) -m pip config get global.find-links 2>/dev/null)),--find-links $(u)) \
+	$(foreach u,$(sort $(PIP_EXTRA_INDEX_URL) $(shell $(PYTHON) -m pip config get global.extra-index-url 2>/dev/null)),--extra-index-url $(u)) \
 	--index-strategy unsafe-best-match
 UV_INSTALL = $(BIN)/uv pip install --quiet --compile-bytecode --python $(BIN)/python -c constraints.txt
 

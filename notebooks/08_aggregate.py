@@ -40,6 +40,7 @@ chdir_repo_root()
 from prpg.atomic import write_json_atomic, write_text_atomic  # noqa: E402
 from prpg.evaluation import aggregate  # noqa: E402
 from prpg.params import parse_group  # noqa: E402
+from prpg.triplets import REAL_SOURCE, positives_per_source  # noqa: E402
 
 common_p = parse_group("common", common)
 run_p = parse_group("run", run)
@@ -54,6 +55,22 @@ print(f"{len(results)} instances: {splits}")
 instance_split = "test" if any(r["instance_split"] == "test" for r in results) else None
 summary = aggregate(results, instance_split=instance_split, n_boot=1000, seed=common_p.seed)
 summary["instance_split"] = instance_split or "all"
+
+# %% [markdown]
+# ## What each instance trained on: distinct positive images per source (from its triplets)
+#
+# With a weak generator the filter may keep few samples, or none: then the training falls back to the
+# real photos as positives (source `real`). The synthetic count is tracked with the metrics, so
+# `dvc exp show` tells how many synthetic positives a run really used.
+
+# %%
+positives = pd.DataFrame([{"instance": name, "source": source, "positives": n} for name in run_p.instances
+                          for source, n in positives_per_source(f"outputs/train/{name}/triplets.csv").items()])
+synthetic = positives[positives.source != REAL_SOURCE].groupby("instance").positives.sum()
+synthetic = synthetic.reindex(list(run_p.instances), fill_value=0)
+summary["synthetic_positives"] = {"mean": float(synthetic.mean()), "min": int(synthetic.min()),
+                                  "instances_without": int((synthetic == 0).sum())}
+print(f"synthetic positives per instance: {synthetic.to_dict()}")
 rows = [{"instance": r["instance"], "category": r["category"], "instance_split": r["instance_split"],
          "test_split": split, "task": task, "model": model, "value": value}
         for r in results
@@ -62,6 +79,7 @@ rows = [{"instance": r["instance"], "category": r["category"], "instance_split":
 Path("reports/metrics").mkdir(parents=True, exist_ok=True)
 write_json_atomic("reports/metrics/evaluate.json", summary)
 write_text_atomic("reports/metrics/instances.csv", pd.DataFrame(rows).to_csv(index=False, float_format="%.6f"))
+write_text_atomic("reports/metrics/positives.csv", positives.to_csv(index=False))
 logs = [pd.read_csv(f"outputs/train/{name}/model/train_log.csv").assign(instance=name) for name in run_p.instances]
 train_log = pd.concat(logs)[["instance", "step", "epoch", "loss", "accuracy"]]
 write_text_atomic("reports/metrics/train_log.csv", train_log.to_csv(index=False, float_format="%.6f"))

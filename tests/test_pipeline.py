@@ -1,5 +1,6 @@
 """Smoke test of the DVC + papermill pipeline on a micro toybox, in a temporary git repo."""
 
+import csv
 import json
 import re
 
@@ -53,6 +54,7 @@ def test_generation_stages_write_their_outputs(repo):
         assert len(list((repo / folder).glob("*.png"))) == n, folder
     assert (repo / "outputs/personalize/mug_01/unet/config.json").is_file()
     summary = json.loads((repo / "outputs/filtered/mug_01/summary.json").read_text())
+    kept = summary["kept"]
     assert summary["attempts"] <= MICRO_RUN["filter"]["max_attempts"]
     assert summary["kept"] == len(list((repo / "outputs/filtered/mug_01/kept").glob("*.png")))
     for nb in ["02_priors/mug", "03_personalize/mug_01", "04_synthesize/mug_01", "05_filter/mug_01",
@@ -65,6 +67,11 @@ def test_generation_stages_write_their_outputs(repo):
     assert summary["n_instances"] == 1 and {"classification", "retrieval", "detection", "segmentation"} <= set(
         summary["metrics"])
     assert set(summary["per_split"]) == {"in_distribution", "pose", "distractors", "pose_and_distractors"}
+    # what the instance trained on: at most the kept samples; the real photos only when none was kept
+    positives = list(csv.DictReader((repo / "reports/metrics/positives.csv").open()))
+    synthetic = sum(int(r["positives"]) for r in positives if r["source"] != "real")
+    assert 0 < synthetic <= kept or (kept == 0 and {r["source"] for r in positives} == {"real"})
+    assert summary["synthetic_positives"] == {"mean": synthetic, "min": synthetic, "instances_without": int(synthetic == 0)}
     assert "classification" in (repo / "reports/tables/run_summary.md").read_text()
     assert (repo / "reports/report.html").stat().st_size > 10_000
 

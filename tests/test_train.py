@@ -31,7 +31,15 @@ from prpg.contrastive import (
     train,
     triplet_accuracy,
 )
-from prpg.triplets import COLUMNS, REAL_SOURCE, Triplet, load_triplets, make_triplets, save_triplets
+from prpg.triplets import (
+    COLUMNS,
+    REAL_SOURCE,
+    Triplet,
+    load_triplets,
+    make_triplets,
+    positives_per_source,
+    save_triplets,
+)
 
 torch.set_num_threads(1)
 # make_triplets warns when fewer than num_synthetic (450) positives exist, as the reference; tests use few.
@@ -216,6 +224,18 @@ def test_triplets_fallback_to_real_and_augmented_real_baseline():
     assert {t.positive_path for t in base} == set(REAL)
     with pytest.warns(UserWarning, match="fewer than num_synthetic=450"):
         make_triplets(REAL, SYN, NEG, num_triplets=5)
+
+
+def test_positives_per_source_counts_distinct_images(tmp_path):
+    rows = [Triplet(0, 0, "r.jpg", "p1.png", "n.png", "dreambooth"), Triplet(1, 1, "r.jpg", "n.png", "p1.png", "dreambooth"),
+            Triplet(2, 1, "r.jpg", "n2.png", "c1.png", "cut_paste"), Triplet(3, 0, "r.jpg", "p2.png", "n.png", "dreambooth")]
+    assert positives_per_source(rows) == {"cut_paste": 1, "dreambooth": 2}  # p1 twice, negatives never counted
+    ts = make_triplets(REAL, SYN, NEG, num_synthetic=25, num_triplets=400, seed=1)
+    counts = positives_per_source(save_triplets(ts, tmp_path / "t.csv"))  # from the CSV the train stage writes
+    assert sum(counts.values()) == 25 and set(counts) == {"cut_paste", "dreambooth"}
+    with pytest.warns(UserWarning, match="no synthetic positives"):
+        fallback = make_triplets(REAL, {"dreambooth_filtered": []}, NEG, num_triplets=50, seed=0)
+    assert positives_per_source(fallback) == {REAL_SOURCE: len(REAL)}
 
 
 def test_triplets_errors_name_the_input():

@@ -156,3 +156,12 @@ def as_triplets(triplets_csv_or_rows) -> list[Triplet]:
     if not rows:
         raise ValueError("no triplets given; build them with prpg.triplets.make_triplets")
     return rows
+
+
+def positives_per_source(triplets_csv_or_rows) -> dict[str, int]:
+    """Distinct positive images the triplets use, per source (sorted by source). A run whose filter
+    kept nothing shows only REAL_SOURCE here: the fallback of select_positives."""
+    counts: dict[str, set[str]] = {}
+    for t in as_triplets(triplets_csv_or_rows):
+        counts.setdefault(t.positive_source, set()).add(t.positive_path)
+    return {source: len(paths) for source, paths in sorted(counts.items())}

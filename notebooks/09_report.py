@@ -59,6 +59,9 @@ def figure(fig, name):
 run = report.load_run(params={"dataset": common_p.dataset})
 s = run.summary
 print(f"{common_p.dataset}: {s['n_instances']} instances (instance_split {s.get('instance_split', '?')})")
+if sp := s.get("synthetic_positives"):  # what the personalized models trained on (08_aggregate)
+    print(f"synthetic positives per instance: mean {sp['mean']:.1f}, min {sp['min']}; "
+          f"{sp['instances_without']} instance(s) without any (trained on their real photos instead)")
 show(report.run_table(s), "run_summary", "Current run, every task")
 figure(report.plot_gains(s), "gains")
 

@@ -207,7 +207,12 @@ def test_method_table(results):
     assert pods.loc["masked_dreambooth (pods-db-cfg4)", "All ±"] == pytest.approx(4.0)
     toy = t[t["dataset"] == "toybox"]
     assert list(toy.index) == ["pretrained", "masked_dreambooth"] and toy["ID"].isna().all()
+    assert report.SYNTHETIC not in t.columns  # no result tracked its positives
     assert report.method_table([]).empty
+    results[2].summary["synthetic_positives"] = {"mean": 2.6, "min": 0, "instances_without": 1}
+    t = report.method_table(results)
+    assert list(t.columns)[-1] == report.SYNTHETIC and t.loc["real", report.SYNTHETIC] == pytest.approx(2.6)
+    assert t.loc[["pretrained", "masked_dreambooth (pods-db)"], report.SYNTHETIC].isna().all()
 
 
 def test_sweep_table(results):

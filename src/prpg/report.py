@@ -371,12 +371,16 @@ def _split_values(summary: Mapping, task: str, model: str) -> dict:
     return row
 
 
+SYNTHETIC = "synthetic positives"  # method_table column: mean per instance, when the results tracked it
+
+
 def method_table(results: Iterable[Result], task: str = "classification",
                  model: str = "personalized") -> pd.DataFrame:
     """Generation-method comparison (paper §4.2): `task` x100 per test split and over all, of the
     personalized model of every result, with one pretrained reference row per (dataset, backbone),
     taken from its headline result, else its first by name. Rows are labelled by method; a method
-    run more than once (e.g. a CFG sweep) is labelled 'method (result name)'."""
+    run more than once (e.g. a CFG sweep) is labelled 'method (result name)'. Results that tracked it
+    (08_aggregate's `synthetic_positives`) add the mean number of synthetic positives per instance."""
     results = sorted(results, key=lambda r: r.name)
     rows, refs = [], {}
     for r in results:
@@ -387,8 +391,9 @@ def method_table(results: Iterable[Result], task: str = "classification",
         if group not in refs or (r.params.get("headline") and not refs[group].params.get("headline")):
             refs[group] = r
         if model in r.summary["metrics"][task]:
+            positives = (r.summary.get("synthetic_positives") or {}).get("mean", math.nan)
             rows.append({"dataset": group[0], "backbone": group[1], "method": p["method"], "result": r.name,
-                         **_split_values(r.summary, task, model)})
+                         **_split_values(r.summary, task, model), SYNTHETIC: positives})
     for (dataset, backbone), r in refs.items():
         if "pretrained" in r.summary["metrics"][task]:
             rows.append({"dataset": dataset, "backbone": backbone, "method": "pretrained", "result": r.name,
@@ -401,8 +406,9 @@ def method_table(results: Iterable[Result], task: str = "classification",
         _rank(df["method"].iloc[i], ("pretrained", *METHODS)), df["result"].iloc[i]))]
     split_cols = [SPLIT_LABELS[s] for s in SPLITS if SPLIT_LABELS[s] in df.columns]
     ids = ["dataset", "backbone", "method", "result"]
-    other = [c for c in df.columns if c not in {*ids, *split_cols, "All", "All" + PM}]
-    df = df[[*ids, *split_cols, *other, "All", "All" + PM]]
+    other = [c for c in df.columns if c not in {*ids, *split_cols, "All", "All" + PM, SYNTHETIC}]
+    extra = [SYNTHETIC] if SYNTHETIC in df.columns and df[SYNTHETIC].notna().any() else []
+    df = df[[*ids, *split_cols, *other, "All", "All" + PM, *extra]]
     dup = df.duplicated(["dataset", "backbone", "method"], keep=False)
     labels = [f"{m} ({n})" if d else m for m, n, d in zip(df["method"], df["result"], dup)]
     return df.set_axis(pd.Index(labels, name="row"))

@@ -47,14 +47,14 @@ chdir_repo_root()
 from prpg.atomic import atomic_dir  # noqa: E402
 from prpg.class_images import generate_class_images  # noqa: E402
 from prpg.models import load_generator  # noqa: E402
-from prpg.params import parse_group, resolve_device  # noqa: E402
+from prpg.params import parse_group, setup_device  # noqa: E402
 from prpg.synthesize import generate_backgrounds, generate_negatives  # noqa: E402
 
 common_p = parse_group("common", common)
 models_p = parse_group("models", models)
 db = parse_group("personalize", personalize)
 syn = parse_group("synthesize", synthesize)
-device = resolve_device(common_p.device)
+device = setup_device(common_p)
 frozen = load_generator(models_p.generator, device=device)
 print(f"category {category!r}; frozen generator {models_p.generator} on {device}")
 

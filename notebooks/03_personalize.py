@@ -43,12 +43,12 @@ from prpg.class_images import class_images_dir  # noqa: E402
 from prpg.data import load_dataset  # noqa: E402
 from prpg.dreambooth import personalize as run_dreambooth  # noqa: E402
 from prpg.models import load_generator  # noqa: E402
-from prpg.params import parse_group, resolve_device  # noqa: E402
+from prpg.params import parse_group, setup_device  # noqa: E402
 
 common_p = parse_group("common", common)
 models_p = parse_group("models", models)
 db = parse_group("personalize", personalize)
-device = resolve_device(common_p.device)
+device = setup_device(common_p)
 db = dataclasses.replace(db, device=device)
 ds = load_dataset(common_p.data_root)
 category = ds.instance(instance).category

@@ -46,13 +46,13 @@ chdir_repo_root()
 from prpg.data import load_dataset  # noqa: E402
 from prpg.dreambooth import load_personalized  # noqa: E402
 from prpg.models import load_generator  # noqa: E402
-from prpg.params import parse_group, resolve_device  # noqa: E402
+from prpg.params import parse_group, setup_device  # noqa: E402
 from prpg.synthesize import cut_and_paste, synthesize as run_synthesis  # noqa: E402
 
 common_p = parse_group("common", common)
 models_p = parse_group("models", models)
 syn = parse_group("synthesize", synthesize)
-device = resolve_device(common_p.device)
+device = setup_device(common_p)
 ds = load_dataset(common_p.data_root)
 category = ds.instance(instance).category
 out = Path(f"outputs/synthetic/{instance}")

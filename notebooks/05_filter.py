@@ -48,14 +48,14 @@ from prpg.data import load_dataset  # noqa: E402
 from prpg.dreambooth import load_personalized  # noqa: E402
 from prpg.filtering import filter_instance  # noqa: E402
 from prpg.models import load_generator  # noqa: E402
-from prpg.params import parse_group, resolve_device  # noqa: E402
+from prpg.params import parse_group, setup_device  # noqa: E402
 from prpg.synthesize import sample_stream  # noqa: E402
 
 common_p = parse_group("common", common)
 models_p = parse_group("models", models)
 syn = parse_group("synthesize", synthesize)
 flt = parse_group("filter", filter)
-device = resolve_device(common_p.device)
+device = setup_device(common_p)
 ds = load_dataset(common_p.data_root)
 category = ds.instance(instance).category
 synthesized = sorted(Path(f"outputs/synthetic/{instance}/dreambooth").glob("*.png"))

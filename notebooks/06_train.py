@@ -48,13 +48,13 @@ from prpg.atomic import atomic_dir  # noqa: E402
 from prpg.contrastive import train as train_lora  # noqa: E402
 from prpg.data import load_dataset  # noqa: E402
 from prpg.data.dataset import list_images  # noqa: E402
-from prpg.params import POSITIVE_SOURCES, parse_group, resolve_device  # noqa: E402
+from prpg.params import POSITIVE_SOURCES, parse_group, setup_device  # noqa: E402
 from prpg.triplets import make_triplets, save_triplets  # noqa: E402
 
 common_p = parse_group("common", common)
 models_p = parse_group("models", models)
 cfg = parse_group("train", train)
-device = resolve_device(common_p.device)
+device = setup_device(common_p)
 cfg = dataclasses.replace(cfg, device=device)
 ds = load_dataset(common_p.data_root)
 category = ds.instance(instance).category

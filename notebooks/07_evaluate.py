@@ -52,12 +52,12 @@ from prpg.atomic import atomic_dir  # noqa: E402
 from prpg.contrastive import load_personalized  # noqa: E402
 from prpg.data import load_dataset  # noqa: E402
 from prpg.evaluation import evaluate_instance  # noqa: E402
-from prpg.params import parse_group, resolve_device  # noqa: E402
+from prpg.params import parse_group, setup_device  # noqa: E402
 
 common_p = parse_group("common", common)
 models_p = parse_group("models", models)
 cfg = parse_group("evaluate", evaluate)
-device = resolve_device(common_p.device)
+device = setup_device(common_p)
 cfg = dataclasses.replace(cfg, device=device)
 ds = load_dataset(common_p.data_root)
 pretrained = backbones.load(models_p.backbone, device=device)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -391,6 +392,47 @@ def test_cache_gives_the_uncached_numbers_and_is_reused(pods, models, tmp_path, 
     with pytest.raises(AssertionError, match="recomputed"):
         cached_features(models["personalized"], recs, tmp_path, root=pods.root)
     assert len(list((tmp_path / pods.name).iterdir())) == 2
+
+
+def test_cache_key_is_the_path_relative_to_the_root_and_outside_is_an_error(tmp_path, monkeypatch):
+    from prpg.data import DatasetError
+    from prpg.evaluation.features import relative_key
+
+    root = tmp_path / "pods"
+    assert relative_key(root / "test" / "mug_06" / "0001.jpg", root) == "test/mug_06/0001.jpg"
+    monkeypatch.chdir(tmp_path)
+    assert relative_key(Path("pods/test/./a/../b.png"), Path("pods")) == "test/b.png"  # relative, normalized
+    for outside in (tmp_path / "other" / "x.png", root / ".." / "x.png", root):
+        with pytest.raises(DatasetError, match="not under the dataset root"):
+            relative_key(outside, root)
+
+
+def test_dense_cache_embeds_the_same_batches_whatever_is_cached(pods, models, tmp_path, monkeypatch):
+    """A batch is embedded whole when any of it is missing, so every cached value comes from the same
+    batch as in a fresh run (another process may have cached part of it: prpg repro --jobs)."""
+    import prpg.evaluation.features as features
+
+    bb = models["pretrained"]
+    recs = pods.dense_images()
+    assert len(recs) >= 5
+    batches = []
+    real = features.dense_records
+
+    def spy(bb, records, *a, **k):
+        batches.append([r.path.name for r in records])
+        return real(bb, records, *a, **k)
+
+    monkeypatch.setattr(features, "dense_records", spy)
+    fresh = cached_dense_features(bb, recs, tmp_path / "fresh", root=pods.root, grid=4, batch=2)
+    slices = [[r.path.name for r in recs[i:i + 2]] for i in range(0, len(recs), 2)]
+    assert batches == slices
+    batches.clear()
+    cached_dense_features(bb, recs[1:4], tmp_path / "part", root=pods.root, grid=4, batch=2)  # images 1, 2, 3
+    batches.clear()
+    filled = cached_dense_features(bb, recs, tmp_path / "part", root=pods.root, grid=4, batch=2)
+    # the batches holding a missing image are embedded whole ([0, 1] too); [2, 3] is all cached
+    assert batches == [s for k, s in enumerate(slices) if k != 1]
+    torch.testing.assert_close(filled.features, fresh.features, rtol=0, atol=0)
 
 
 def test_evaluate_instance_end_to_end_schema_and_splits(pods, models, tmp_path):

@@ -44,3 +44,20 @@ def test_device_cuda_without_cuda_is_an_error(monkeypatch):
     assert resolve_device("auto") == "cpu"
     with pytest.raises(ParamsError, match="common.device"):
         resolve_device("cuda")
+
+
+def test_threads_pin_torchs_cpu_threads_and_must_be_positive():
+    import torch
+
+    from prpg.params import parse_group, setup_device
+
+    before = torch.get_num_threads()
+    try:
+        assert setup_device(parse_group("common", {"threads": 1})) == "cpu"
+        assert torch.get_num_threads() == 1
+        setup_device(parse_group("common", {"threads": None}))  # null: leave torch's own setting
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)
+    with pytest.raises(ParamsError, match="common.threads"):
+        parse_group("common", {"threads": 0})

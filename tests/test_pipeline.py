@@ -103,6 +103,28 @@ def test_a_param_change_touches_only_the_stages_that_read_it(repo, key, value, c
 
 
 @needs_models
+def test_prpg_repro_runs_two_chains_at_once_with_the_sequential_results(repo, tmp_path):
+    """`prpg repro -j 2` (make demo's command) on two instances: the chains run side by side, the
+    pipeline ends up to date, and mug_01's stages write what a plain sequential `dvc repro` wrote."""
+    run(["dvc", "repro"], repo)
+    two = {**MICRO_RUN, "run": {"categories": ["mug", "bottle"], "instances": {"mug_01": "mug", "bottle_01": "bottle"}}}
+    par = copy_repo(tmp_path, params=two)
+    out = run(["prpg", "repro", "--jobs", "2"], par).stdout
+    assert "instance 2/2 starts: priors@bottle personalize@bottle_01 synthesize@bottle_01" in out
+    assert "Running stage 'report'" in out
+    status = json.loads(run(["dvc", "status", "--json"], par).stdout)
+    assert set(status) <= {"pretrain_toybox", "data.dvc"}, status  # frozen zoo; data.dvc: the real data, absent
+
+    def outs(root, stage):  # executed notebooks carry timings: not compared
+        lock = yaml.safe_load((root / "dvc.lock").read_text())["stages"][stage]
+        return {o["path"]: o["md5"] for o in lock["outs"] if not o["path"].endswith(".ipynb")}
+
+    for stage in ("priors@mug", "personalize@mug_01", "synthesize@mug_01", "filter@mug_01", "evaluate@mug_01"):
+        assert outs(par, stage) == outs(repo, stage), stage
+    assert json.loads((par / "reports/metrics/evaluate.json").read_text())["n_instances"] == 2
+
+
+@needs_models
 def test_experiments_run_in_parallel_from_the_queue_and_show_up_with_metrics(repo):
     """dvc exp run --queue + dvc queue start -j 2: two experiments at once, then dvc exp show lists them."""
     import time

@@ -1,4 +1,5 @@
-"""`prpg` command line: dataset tools and params validation. Pipelines run through `dvc repro`."""
+"""`prpg` command line: dataset tools and params validation. Pipelines run through `dvc repro` (or
+`prpg repro -j N`, the same with independent stages side by side)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import time
 from pathlib import Path
 
 from prpg.data.download import DownloadError
+from prpg.repro import ReproError
 
 
 def _build_toybox(args: argparse.Namespace) -> int:
@@ -89,6 +91,13 @@ def _exp(args: argparse.Namespace) -> int:
     return 0 if args.dry else subprocess.call(cmd)
 
 
+def _repro(args: argparse.Namespace) -> int:
+    from prpg.repro import repro
+
+    repro(args.jobs)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="prpg", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -135,6 +144,10 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--data-root", default=None, help="dataset folder for --instances (default data/<dataset>)")
     e.set_defaults(func=_exp)
 
+    rp = sub.add_parser("repro", help="dvc repro with independent stages side by side (see prpg.repro)")
+    rp.add_argument("-j", "--jobs", type=int, default=2, help="stages (categories, instance chains) at once")
+    rp.set_defaults(func=_repro)
+
     p = sub.add_parser("params", help="validate params.yaml and print the resolved groups")
     p.add_argument("--file", type=Path, default=Path("params.yaml"))
     p.set_defaults(func=_params)
@@ -145,7 +158,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (ValueError, OSError, DownloadError) as err:  # our errors say what to do: no traceback
+    except (ValueError, OSError, DownloadError, ReproError) as err:  # our errors say what to do: no traceback
         print(f"prpg: error: {err}", file=sys.stderr)
         return 2
 

@@ -15,6 +15,7 @@ over the demo's 33 stage runs.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -51,6 +52,9 @@ def run(source: Path, output: Path, parameters: dict, cwd: str = ".") -> None:
     nb.metadata["kernelspec"] = dict(KERNEL)  # what `jupytext --set-kernel python3` writes
     nb.metadata.setdefault("language_info", {"name": "python"})
     output.parent.mkdir(parents=True, exist_ok=True)
+    # The kernel inherits this. OpenMP threads sleep instead of spinning when idle: a spinning torch
+    # thread takes a core from the stage running beside it (prpg repro --jobs) and from DVC itself.
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     # shutdown_kernel="immediate": once the last cell has returned, every output is written (stages
     # write atomically, inside cells); a graceful shutdown of a torch kernel costs 2.7 s more per stage.
     papermill.execute_notebook(nb, str(output), parameters=parameters, kernel_name=KERNEL["name"], cwd=cwd,

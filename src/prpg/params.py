@@ -38,6 +38,10 @@ class _Group(BaseModel):
 class CommonParams(_Group):
     seed: int = 0
     device: Literal["cpu", "cuda", "auto"] = "cpu"
+    # torch's CPU threads in each stage process. Pinned, because CPU results depend on it (a reduction
+    # split over more threads adds in another order): 2 gives the committed toybox metrics on any
+    # machine. null: torch's default (the machine's cores), which makes results machine-dependent.
+    threads: int | None = Field(2, ge=1)
     # toybox (embedded default) or a PODS-format dataset under data/: pods, dogs, df2, or your own.
     dataset: str = "toybox"
     data_root: str = "outputs/data/toybox"
@@ -206,6 +210,16 @@ def load_params(path: str | Path = "params.yaml") -> dict[str, Any]:
     if unknown:
         raise ParamsError(f"{path}: unknown params group(s) {unknown} (known: {', '.join(GROUPS)})")
     return {name: parse_group(name, raw.get(name), str(path)) for name in GROUPS}
+
+
+def setup_device(common: CommonParams) -> str:
+    """What every torch stage does first: pin torch's CPU threads to common.threads, then resolve
+    common.device (resolve_device)."""
+    import torch
+
+    if common.threads is not None:
+        torch.set_num_threads(common.threads)
+    return resolve_device(common.device)
 
 
 def resolve_device(device: str) -> str:

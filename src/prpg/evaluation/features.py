@@ -60,11 +60,13 @@ def fingerprint(model: torch.nn.Module) -> str:
 
 
 def relative_key(path: Path, root: Path) -> str:
-    try:
-        return Path(path).resolve().relative_to(Path(root).resolve()).as_posix()
-    except ValueError:
+    """`path` relative to the dataset root, the cache key. Lexical (absolute, normalized paths): no
+    filesystem call per image (Path.resolve took 1.8 s of an evaluate stage's 6300 keys)."""
+    rel = os.path.relpath(os.path.abspath(path), os.path.abspath(root))
+    if rel == os.curdir or rel.split(os.sep)[0] == os.pardir:
         raise DatasetError(f"{path}: not under the dataset root {root}; feature cache keys are paths "
-                           "relative to it, so pass the dataset's root") from None
+                           "relative to it, so pass the dataset's root")
+    return Path(rel).as_posix()
 
 
 def _settings(bb: Backbone, **extra) -> str:
@@ -185,17 +187,25 @@ def cached_features(bb: Backbone, records: Sequence[ImageRecord], cache_dir: Pat
 def cached_dense_features(bb: Backbone, records: Sequence[ImageRecord], cache_dir: Path | None, *,
                           root: Path, grid: int, batch: int = 32, device: str = "cpu",
                           dataset: str | None = None) -> DenseFeatures:
-    """Dense features of `records` (dense_records), one cache file per image when cache_dir is given."""
+    """Dense features of `records` (dense_records), one cache file per image when cache_dir is given.
+    A batch with any image not cached is embedded whole: batches are always the same `batch`-sized
+    slices of `records`, so a cached value does not depend on what was cached before (on CPU an
+    image's features can differ in the last bits with the batch it was embedded in), nor on another
+    process (prpg repro --jobs) filling the cache at the same time."""
     records = list(records)
     if cache_dir is None:
         return dense_records(bb, records, grid, batch, device)
     folder = model_dir(bb, cache_dir, dataset or Path(root).name)
     folder = folder / f"dense-g{grid}-{_settings(bb, grid=grid)}"
     paths = [folder / f"{relative_key(r.path, root)}.safetensors" for r in records]
-    todo = [(p, r) for p, r in zip(paths, records) if not p.exists()]
-    for chunk in _chunks(todo, batch):
+    for chunk in _chunks(list(zip(paths, records)), batch):
+        missing = [not p.exists() for p, _ in chunk]
+        if not any(missing):
+            continue
         new = dense_records(bb, [r for _, r in chunk], grid, batch, device)
         for i, (p, _) in enumerate(chunk):
+            if not missing[i]:
+                continue
             tensors = {"features": new.features[i].clone().contiguous(),
                        "size": torch.tensor(new.sizes[i], dtype=torch.int64)}
             _write_atomic(p, lambda tmp, t=tensors: save_file(t, str(tmp)))

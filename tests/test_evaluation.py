@@ -394,6 +394,42 @@ def test_cache_gives_the_uncached_numbers_and_is_reused(pods, models, tmp_path, 
     assert len(list((tmp_path / pods.name).iterdir())) == 2
 
 
+def test_a_process_waiting_for_the_cache_takes_what_the_other_one_filled(pods, models, tmp_path, monkeypatch):
+    """Two evaluate stages at once (prpg repro --jobs): the second waits on the cache folder's lock,
+    then finds the features there and computes nothing."""
+    import shutil
+    import threading
+
+    from filelock import FileLock
+
+    import prpg.evaluation.features as features
+
+    bb, recs = models["pretrained"], pods.images("train")
+    expected = cached_features(bb, recs, tmp_path / "donor", root=pods.root)
+    donor = features.model_dir(bb, tmp_path / "donor", pods.name)
+    folder = features.model_dir(bb, tmp_path / "shared", pods.name)
+    holding, done = threading.Event(), []
+
+    def other_process():
+        with FileLock(str(folder / ".lock")):
+            holding.set()
+            threading.Event().wait(0.5)
+            shutil.copytree(donor, folder, dirs_exist_ok=True)
+            done.append(True)
+
+    def fail(*a, **k):
+        raise AssertionError("computed although the other process filled the cache")
+
+    monkeypatch.setattr(features, "embed_records", fail)
+    holder = threading.Thread(target=other_process)
+    holder.start()
+    holding.wait()
+    got = cached_features(bb, recs, tmp_path / "shared", root=pods.root)
+    holder.join()
+    assert done  # it waited for the holder
+    torch.testing.assert_close(got, expected, rtol=0, atol=0)
+
+
 def test_cache_key_is_the_path_relative_to_the_root_and_outside_is_an_error(tmp_path, monkeypatch):
     from prpg.data import DatasetError
     from prpg.evaluation.features import relative_key

@@ -20,12 +20,14 @@ import os
 import re
 import tempfile
 from collections.abc import Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
+from filelock import FileLock
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
@@ -84,6 +86,16 @@ def model_dir(bb: Backbone, cache_dir: Path, dataset: str) -> Path:
         _write_atomic(meta, lambda p: p.write_text(json.dumps({"backbone": bb.name, "fingerprint": fp,
                                                                "dataset": dataset}, indent=2) + "\n"))
     return out
+
+
+@contextmanager
+def _filling(folder: Path):
+    """One process at a time computes what a cache folder lacks (prpg repro --jobs runs several
+    evaluate stages at once, all needing the same pretrained features): the others wait, asleep,
+    and then find it there instead of computing it too."""
+    folder.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(folder / ".lock")):
+        yield
 
 
 def _write_atomic(path: Path, write) -> None:
@@ -169,16 +181,17 @@ def cached_features(bb: Backbone, records: Sequence[ImageRecord], cache_dir: Pat
     path = folder / f"global-{feature}-{_settings(bb, feature=feature)}.safetensors"
     keys = [relative_key(r.path, root) for r in records]
     stored = _load(path) if path.exists() else {}
-    todo = [(k, r) for k, r in zip(keys, records) if k not in stored]
-    if todo:
-        new = embed_records(bb, [r for _, r in todo], feature, batch, device)
-        merged = _load(path) if path.exists() else {}  # another process may have added some meanwhile
-        merged.update({k: v.clone().contiguous() for (k, _), v in zip(todo, new)})
-        dims = {tuple(v.shape) for v in merged.values()}
-        if len(dims) > 1:
-            raise RuntimeError(f"{path}: cached embeddings of shapes {sorted(dims)}; delete the file")
-        _write_atomic(path, lambda p: save_file(merged, str(p)))
-        stored = merged
+    if any(k not in stored for k in keys):
+        with _filling(folder):  # another process may have filled it while we waited
+            stored = _load(path) if path.exists() else {}
+            todo = [(k, r) for k, r in zip(keys, records) if k not in stored]
+            if todo:
+                new = embed_records(bb, [r for _, r in todo], feature, batch, device)
+                stored.update({k: v.clone().contiguous() for (k, _), v in zip(todo, new)})
+                dims = {tuple(v.shape) for v in stored.values()}
+                if len(dims) > 1:
+                    raise RuntimeError(f"{path}: cached embeddings of shapes {sorted(dims)}; delete the file")
+                _write_atomic(path, lambda p: save_file(stored, str(p)))
     if not keys:
         return torch.zeros(0, 0)
     return torch.stack([stored[k] for k in keys]).float()
@@ -198,17 +211,18 @@ def cached_dense_features(bb: Backbone, records: Sequence[ImageRecord], cache_di
     folder = model_dir(bb, cache_dir, dataset or Path(root).name)
     folder = folder / f"dense-g{grid}-{_settings(bb, grid=grid)}"
     paths = [folder / f"{relative_key(r.path, root)}.safetensors" for r in records]
-    for chunk in _chunks(list(zip(paths, records)), batch):
-        missing = [not p.exists() for p, _ in chunk]
-        if not any(missing):
-            continue
-        new = dense_records(bb, [r for _, r in chunk], grid, batch, device)
-        for i, (p, _) in enumerate(chunk):
-            if not missing[i]:
-                continue
-            tensors = {"features": new.features[i].clone().contiguous(),
-                       "size": torch.tensor(new.sizes[i], dtype=torch.int64)}
-            _write_atomic(p, lambda tmp, t=tensors: save_file(t, str(tmp)))
+    if not all(p.exists() for p in paths):
+        with _filling(folder):  # checked again per batch: another process may have filled some
+            for chunk in _chunks(list(zip(paths, records)), batch):
+                missing = [not p.exists() for p, _ in chunk]
+                if not any(missing):
+                    continue
+                new = dense_records(bb, [r for _, r in chunk], grid, batch, device)
+                for i, (p, _) in enumerate(chunk):
+                    if missing[i]:
+                        tensors = {"features": new.features[i].clone().contiguous(),
+                                   "size": torch.tensor(new.sizes[i], dtype=torch.int64)}
+                        _write_atomic(p, lambda tmp, t=tensors: save_file(t, str(tmp)))
     loaded = [_load(p) for p in paths]
     for p, t in zip(paths, loaded):
         if set(t) != {"features", "size"} or tuple(t["features"].shape[:2]) != (grid, grid):

@@ -122,6 +122,13 @@ def test_prpg_repro_runs_two_chains_at_once_with_the_sequential_results(repo, tm
     for stage in ("priors@mug", "personalize@mug_01", "synthesize@mug_01", "filter@mug_01", "evaluate@mug_01"):
         assert outs(par, stage) == outs(repo, stage), stage
     assert json.loads((par / "reports/metrics/evaluate.json").read_text())["n_instances"] == 2
+    # kept as a DVC experiment, like a `dvc exp run` (the README's recipe for runs over many instances)
+    # (targets: the pipeline, not data.dvc, absent here; the copy's metrics files are new, so included)
+    run(["dvc", "exp", "save", "-n", "two-chains", "-I", "reports/metrics", "dvc.yaml"], par)
+    shown = json.loads(run(["dvc", "exp", "show", "--json"], par).stdout)
+    exps = {r["name"]: r for entry in shown for e in (entry.get("experiments") or []) for r in e["revs"]}
+    saved = exps["two-chains"]["data"]["metrics"]["reports/metrics/evaluate.json"]
+    assert saved.get("data", {}).get("n_instances") == 2, saved
 
 
 @needs_models

@@ -32,13 +32,6 @@ def test_plan_leaves_unlisted_keys_to_the_final_repro():
     assert p.chains == (("priors@shoe", "personalize@shoe_06", "evaluate@shoe_06"),)  # tote_06: no stages
 
 
-def test_run_lists_reads_params_run(tmp_path):
-    (tmp_path / "params.yaml").write_text("run:\n  categories: [mug]\n  instances:\n    mug_06: mug\n    mug_07: mug\n")
-    assert repro.run_lists(tmp_path / "params.yaml") == (["mug"], {"mug_06": "mug", "mug_07": "mug"})
-    with pytest.raises(repro.ReproError, match="nope.yaml: not found"):
-        repro.run_lists(tmp_path / "nope.yaml")
-
-
 def test_a_failing_chain_stops_new_ones_and_names_its_stages(monkeypatch, tmp_path):
     calls = []
 
@@ -57,3 +50,12 @@ def test_a_failing_chain_stops_new_ones_and_names_its_stages(monkeypatch, tmp_pa
 def test_jobs_must_be_positive():
     with pytest.raises(repro.ReproError, match="--jobs must be at least 1"):
         repro.repro(0)
+
+
+def test_a_bad_run_group_fails_before_any_dvc_call_naming_the_key(tmp_path, monkeypatch):
+    from prpg.params import ParamsError
+
+    monkeypatch.setattr(repro.subprocess, "run", lambda *a, **k: pytest.fail("dvc called"))
+    (tmp_path / "params.yaml").write_text("run:\n  categories: [mug]\n  instances:\n    shoe_06: shoe\n")
+    with pytest.raises(ParamsError, match="run.*shoe"):
+        repro.repro(2, cwd=tmp_path)

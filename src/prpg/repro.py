@@ -29,7 +29,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-import yaml
+from prpg.params import load_params
 
 DVC = ("dvc", "--wait-for-lock", "repro")
 
@@ -66,18 +66,6 @@ def stage_names(cwd: Path) -> list[str]:
     return [line.strip() for line in out.splitlines() if line.strip()]
 
 
-def run_lists(params_file: Path) -> tuple[list[str], dict[str, str]]:
-    """(categories, {instance: category}) of params.yaml `run`."""
-    try:
-        run = (yaml.safe_load(params_file.read_text()) or {}).get("run") or {}
-    except FileNotFoundError:
-        raise ReproError(f"{params_file}: not found; run from the repository root") from None
-    instances = run.get("instances") or {}
-    if not isinstance(instances, dict):
-        raise ReproError(f"{params_file}: run.instances must map each instance to its category")
-    return list(run.get("categories") or []), {str(k): str(v) for k, v in instances.items()}
-
-
 def _dvc(targets: Sequence[str], cwd: Path, single: bool) -> None:
     cmd = [*DVC, *(["-s"] if single else []), *targets]
     if subprocess.run(cmd, cwd=cwd).returncode != 0:
@@ -107,12 +95,13 @@ def run_groups(groups: Sequence[Sequence[str]], jobs: int, cwd: Path, label: str
         raise errors[0]
 
 
-def repro(jobs: int = 2, cwd: Path = Path("."), params_file: Path = Path("params.yaml")) -> None:
+def repro(jobs: int = 3, cwd: Path = Path("."), params_file: Path = Path("params.yaml")) -> None:
     if jobs < 1:
         raise ReproError(f"--jobs must be at least 1, got {jobs}")
     cwd = Path(cwd)
     t0 = time.perf_counter()
-    p = plan(stage_names(cwd), *run_lists(cwd / params_file))
+    run = load_params(cwd / params_file)["run"]  # validated: a bad run group fails here, naming the key
+    p = plan(stage_names(cwd), run.categories, run.instances)
     if p.head:
         _dvc(p.head, cwd, single=False)
     run_groups(p.shared, jobs, cwd, "category")

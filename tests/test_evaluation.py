@@ -278,6 +278,34 @@ def test_dense_pipeline_finds_a_known_object_and_fixed_geometry_scores_it_best(s
         assert scores["fixed"] > scores["reference"] + 0.3
 
 
+def test_batched_threshold_masks_are_the_per_map_masks_exactly():
+    from scipy.ndimage import gaussian_filter
+
+    from prpg.evaluation.dense import default_min_size, threshold_mask, threshold_masks
+
+    rng = np.random.default_rng(0)
+    maps = []
+    for k in range(60):  # smooth blobs, speckle (small objects, holes, many equal-size components), shapes
+        shape = [(48, 48), (40, 56), (16, 16)][k % 3]
+        m = gaussian_filter(rng.standard_normal(shape), sigma=[0.5, 1.0, 2.5, 4.0][k % 4])
+        maps.append((m - m.min()) / (m.max() - m.min()))
+    tie = np.zeros((16, 16))
+    tie[2:5, 2:5] = tie[10:13, 10:13] = 1.0  # two equal largest components: the first in raster order wins
+    ring = np.zeros((16, 16))
+    ring[3:12, 3:12], ring[6:9, 6:9] = 1.0, 0.2  # a hole to fill
+    maps += [tie, ring, np.eye(16)]  # the diagonal: 8-connected, one pixel per row, cleaned away
+    for min_size in (None, 1, 5, 40):
+        batched = threshold_masks(maps, min_size)
+        for k, (m, got) in enumerate(zip(maps, batched)):
+            want = threshold_mask(m, min_size or default_min_size(*m.shape))
+            assert (got is None) == (want is None), (k, min_size)
+            if want is not None:
+                np.testing.assert_array_equal(got, want, err_msg=f"map {k}, min_size {min_size}")
+    assert threshold_masks([tie])[0][3, 3] and not threshold_masks([tie])[0][11, 11]
+    assert threshold_masks([ring])[0][7, 7]
+    assert sum(m is None for m in threshold_masks(maps, 40)) > 0 and threshold_masks([]) == []
+
+
 def test_flat_similarity_gives_no_prediction():
     geom = PadGeometry(32, 32, grid=4, patch=8)
     feats = F.normalize(torch.ones(4, 4, 8), dim=-1)

@@ -76,6 +76,51 @@ def threshold_mask(sim: np.ndarray, min_size: int) -> np.ndarray | None:
     return None if keep is None else binary_fill_holes(keep)
 
 
+_CROSS = np.array([[0, 1, 0], [1, 1, 1], [0, 1, 0]], bool)  # 4-connectivity: each step's 2-D default, disk(1)
+_SQUARE = np.ones((3, 3), bool)  # 8-connectivity: skimage.measure.label's 2-D default (largest_component)
+
+
+def _in_plane(structure: np.ndarray) -> np.ndarray:
+    """A 2-D connectivity as the 3 x 3 x 3 one scipy.ndimage.label takes, linking no two maps of a stack."""
+    out = np.zeros((3, 3, 3), bool)
+    out[1] = structure
+    return out
+
+
+def threshold_masks(sims: Sequence[np.ndarray], min_size: int | None = None) -> list[np.ndarray | None]:
+    """`threshold_mask` of each map (min_size None: default_min_size of its shape), exactly, with the
+    maps of one shape cleaned up as one (N, H, W) stack: every structuring element lies in a map's plane
+    (shape (1, 3, 3)), so no step reaches across maps. 2400 maps per evaluate stage made the per-map
+    calls a third of its time."""
+    from scipy.ndimage import binary_fill_holes, label
+    from skimage.filters import threshold_otsu
+    from skimage.morphology import closing, dilation, erosion
+
+    out: list[np.ndarray | None] = [None] * len(sims)
+    shapes: dict[tuple[int, ...], list[int]] = {}
+    for i, sim in enumerate(sims):
+        shapes.setdefault(sim.shape, []).append(i)
+    for (h, w), idx in shapes.items():
+        fg = np.stack([sims[i] > threshold_otsu(sims[i]) for i in idx])
+        labels, _ = label(fg, structure=_in_plane(_CROSS))  # remove_small_objects: 4-connected, size < min_size
+        fg &= (np.bincount(labels.ravel()) >= (min_size or default_min_size(h, w)))[labels]
+        fg = closing(fg, _CROSS[None])
+        fg = erosion(dilation(fg, _CROSS[None]), _CROSS[None])
+        labels, _ = label(fg, structure=_in_plane(_SQUARE))  # numbered in raster order, map after map
+        sizes = np.bincount(labels.ravel())
+        keep = np.zeros_like(fg)
+        for j in range(len(idx)):
+            own = labels[j][labels[j] > 0]
+            if own.size:  # the map's labels are one run lo..hi; argmax takes the first of equal sizes
+                lo, hi = own.min(), own.max()
+                keep[j] = labels[j] == lo + int(np.argmax(sizes[lo : hi + 1]))
+        keep = binary_fill_holes(keep, structure=_CROSS[None])
+        for j, i in enumerate(idx):
+            if keep[j].any():
+                out[i] = keep[j]
+    return out
+
+
 def box_feature(features: torch.Tensor, box: Box, geom: PadGeometry, mode: BoxGeometry) -> torch.Tensor:
     """(D,) mean patch feature of the cells inside the box."""
     return features.float()[box_cells(box, geom, mode)].mean(0)
@@ -125,6 +170,12 @@ def predict(features: torch.Tensor, geom: PadGeometry, target: torch.Tensor, tra
         if image is None or sam is None:
             raise ValueError("dense_mode 'persam' needs the image and sam=(SamModel, SamProcessor)")
         mask = persam_mask(image if isinstance(image, Image.Image) else load_image(image), sim, sam, cfg)
+    return scored(mask, features, geom, train_box_features, cfg)
+
+
+def scored(mask: np.ndarray | None, features: torch.Tensor, geom: PadGeometry, train_box_features: torch.Tensor,
+           cfg: EvalConfig) -> tuple[np.ndarray | None, float]:
+    """(mask, confidence of its box); (None, 0.0) when there is no mask or it boxes nothing."""
     box = None if mask is None else mask_to_box(mask)
     if box is None:
         return None, 0.0
@@ -164,6 +215,11 @@ def dense_predictions(ds: Dataset, instance: str, bb: Backbone, cfg: EvalConfig,
     for start in range(0, len(records), cfg.batch):
         chunk = records[start : start + cfg.batch]
         dense = cached_dense_features(bb, chunk, cache_dir, **kw)
+        geoms = [PadGeometry(h, w, cfg.dense_grid, bb.patch_size) for h, w in dense.sizes]
+        if cfg.dense_mode == "threshold":  # predict's masks, the chunk's maps at once (threshold_masks)
+            sims = [dense_similarity(dense.patches(i), target, g) for i, g in enumerate(geoms)]
+            some = [i for i, sim in enumerate(sims) if sim is not None]
+            masks = dict(zip(some, threshold_masks([sims[i] for i in some], cfg.min_object_size)))
         for i, r in enumerate(chunk):
             h, w = dense.sizes[i]
             gt = None
@@ -175,8 +231,10 @@ def dense_predictions(ds: Dataset, instance: str, bb: Backbone, cfg: EvalConfig,
                 if gt.shape != (h, w):
                     raise DatasetError(f"{r.mask_path}: mask is {gt.shape[1]}x{gt.shape[0]} but the image is "
                                        f"{w}x{h}; a mask must match its photo")
-            geom = PadGeometry(h, w, cfg.dense_grid, bb.patch_size)
-            pred, score = predict(dense.patches(i), geom, target, train_boxes, cfg, r.path, sam)
+            if cfg.dense_mode == "threshold":
+                pred, score = scored(masks.get(i), dense.patches(i), geoms[i], train_boxes, cfg)
+            else:
+                pred, score = predict(dense.patches(i), geoms[i], target, train_boxes, cfg, r.path, sam)
             rel = relative_key(r.path, ds.root)
             out.append(DenseRecord.from_masks(h, w, gt, pred, score, r.test_split, rel))
     return out

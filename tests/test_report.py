@@ -6,9 +6,11 @@ from __future__ import annotations
 import json
 import math
 import shutil
+import uuid
 from pathlib import Path
 
 import jupytext
+import nbformat
 import pandas as pd
 import pytest
 
@@ -120,6 +122,70 @@ def test_incomplete_result_names_folder_and_file(tmp_path):
         report.load_results(root)
     with pytest.raises(report.ReportError, match=r"nowhere: missing evaluate\.json, instances\.csv"):
         report.load_run(tmp_path / "nowhere")
+
+
+def _part(folder: Path, per_instance: list[dict], p: dict, synthetic: dict) -> None:
+    """A part as prpg results save writes it: 08_aggregate's evaluate.json and instances.csv (%.6f)."""
+    from prpg.evaluation import aggregate
+
+    folder.mkdir(parents=True)
+    s = {**aggregate(per_instance, instance_split="test", n_boot=1000, seed=0), "instance_split": "test",
+         "synthetic_positives": synthetic}
+    (folder / "evaluate.json").write_text(json.dumps(s))
+    rows = [{"instance": r["instance"], "category": r["category"], "instance_split": r["instance_split"],
+             "test_split": split, "task": task, "model": model, "value": v}
+            for r in per_instance for split, tasks in [("all", r["metrics"]), *r["per_split"].items()]
+            for task, by_model in tasks.items() for model, v in by_model.items()]
+    pd.DataFrame(rows).to_csv(folder / "instances.csv", index=False, float_format="%.6f")
+    train_log([r["instance"] for r in per_instance]).to_csv(folder / "train_log.csv", index=False)
+    (folder / "params.json").write_text(json.dumps({**p, "instances": [r["instance"] for r in per_instance]}))
+
+
+def _instance_results(names, rng) -> list[dict]:
+    def table():  # 6-decimal values: instances.csv keeps them exactly
+        return {t: {m: round(float(rng.uniform(0, 1)), 6) for m in ("pretrained", "personalized")}
+                for t in ("classification", "retrieval")}
+    return [{"instance": n, "category": n.split("_")[0], "instance_split": "test", "metrics": table(),
+             "per_split": {"pose": table(), "distractors": table()}} for n in names]
+
+
+def test_a_result_saved_in_parts_is_the_result_over_all_their_instances(tmp_path):
+    import numpy as np
+
+    from prpg.evaluation import aggregate
+
+    everyone = _instance_results([f"{c}_{i:02d}" for i in (6, 7) for c in ("mug", "shoe", "tote")],
+                                 np.random.default_rng(0))
+    folder = tmp_path / "results" / "toybox-real"
+    p = params(dataset="toybox", backbone="toybox", method="real")
+    _part(folder / "parts" / "06", everyone[:3], p, {"mean": 2.0, "min": 1, "instances_without": 0})
+    _part(folder / "parts" / "07", everyone[3:], p, {"mean": 5.0, "min": 0, "instances_without": 1})
+    merged, = report.load_results(tmp_path / "results")
+    whole = aggregate(everyone, instance_split="test", n_boot=1000, seed=0)
+    assert merged.name == "toybox-real" and merged.summary["n_instances"] == 6
+    for key in ("metrics", "ci95", "per_split", "n"):
+        assert merged.summary[key] == whole[key], key
+    assert merged.summary["synthetic_positives"] == {"mean": 3.5, "min": 0, "instances_without": 1}
+    assert merged.params["parts"] == ["06", "07"] and len(merged.params["instances"]) == 6
+    assert len(merged.instances) == 6 * 3 * 2 * 2 and merged.train_log.instance.nunique() == 6
+    assert report.experiments_table([merged]).loc["toybox-real", "instances"] == 6
+
+
+def test_parts_of_one_result_must_be_one_experiment_on_other_instances(tmp_path):
+    import numpy as np
+
+    rng = np.random.default_rng(1)
+    folder = tmp_path / "results" / "toybox-x"
+    p = params(dataset="toybox", backbone="toybox", method="real")
+    _part(folder / "parts" / "a", _instance_results(["mug_06"], rng), p, {"mean": 1, "min": 1, "instances_without": 0})
+    _part(folder / "parts" / "b", _instance_results(["mug_07"], rng), {**p, "guidance": 4.0},
+          {"mean": 1, "min": 1, "instances_without": 0})
+    with pytest.raises(report.ReportError, match=r"parts/b/params\.json and .*parts/a/params\.json differ in guidance"):
+        report.load_results(tmp_path / "results")
+    shutil.rmtree(folder / "parts" / "b")
+    _part(folder / "parts" / "b", _instance_results(["mug_06"], rng), p, {"mean": 1, "min": 1, "instances_without": 0})
+    with pytest.raises(report.ReportError, match=r"instance mug_06 is in two parts of result toybox-x"):
+        report.load_results(tmp_path / "results")
 
 
 # ----------------------------------------------------------------------------------------------- tables
@@ -305,6 +371,13 @@ def test_notebook_runs_on_tracked_files(tmp_path):
     assert "Pose" in (repo / "reports/tables/run_splits.md").read_text()
     html = report.export_html(tmp_path / "09_report.ipynb", tmp_path / "report.html")
     assert "Main table" in html.read_text() and "45.0 ± 5.0" in html.read_text()
+    # A re-run draws new random cell ids (jupytext, papermill); the committed page must not change.
+    nb = nbformat.read(str(tmp_path / "09_report.ipynb"), as_version=4)
+    for cell in nb.cells:
+        cell["id"] = uuid.uuid4().hex[:8]
+    nbformat.write(nb, str(tmp_path / "rerun.ipynb"))
+    again = report.export_html(tmp_path / "rerun.ipynb", tmp_path / "again.html")
+    assert again.read_bytes() == html.read_bytes()
 
 
 def test_notebook_runs_without_results_or_splits(tmp_path, monkeypatch, capsys):

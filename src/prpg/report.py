@@ -5,6 +5,8 @@ Inputs
     reports/metrics/{evaluate.json, instances.csv, train_log.csv}   the current run (08_aggregate)
     reports/results/<name>/{evaluate.json, instances.csv, params.json, [train_log.csv]}
                                                                     committed experiments (prpg.results)
+    reports/results/<name>/parts/<part>/{the same}                  one experiment saved in parts
+                                                                    (merge_parts: one result)
 
 Conventions
     Metrics are stored in [0, 1]; every table here shows them x100, like the paper.
@@ -144,8 +146,15 @@ def load_run(metrics_dir: str | Path = METRICS_DIR, name: str = "current",
 
 
 def load_result(folder: str | Path) -> Result:
-    """One committed experiment folder; a clear error names the folder and what it lacks."""
+    """One committed experiment folder, whole or in parts/ (merged); a clear error names the folder and
+    what it lacks."""
     folder = Path(folder)
+    parts = folder / "parts"
+    if parts.is_dir():
+        found = sorted(d for d in parts.iterdir() if d.is_dir() and not d.name.startswith("."))
+        if not found:
+            raise ReportError(f"{parts}: no part folders; save runs with `prpg results save NAME --part P`")
+        return merge_parts([load_result(d) for d in found], folder.name, found)
     missing = [f for f in RESULT_FILES if not (folder / f).is_file()]
     if missing:
         raise ReportError(f"result folder {folder} is incomplete: missing {', '.join(missing)} (a result "
@@ -156,6 +165,63 @@ def load_result(folder: str | Path) -> Result:
     if lacking:
         raise ReportError(f"{folder / 'params.json'}: missing {', '.join(lacking)}")
     return _load(folder, folder.name, params)
+
+
+def _per_instance(instances: pd.DataFrame) -> list[dict]:
+    """instances.csv rows back to the per-instance results prpg.evaluation.aggregate takes."""
+    out = []
+    for (name, category, split), rows in instances.groupby(["instance", "category", "instance_split"], sort=False):
+        tables: dict = {}
+        for r in rows.itertuples():
+            tables.setdefault(r.test_split, {}).setdefault(r.task, {})[r.model] = float(r.value)
+        out.append({"instance": name, "category": category, "instance_split": split,
+                    "metrics": tables.pop("all", {}), "per_split": tables})
+    return out
+
+
+def merge_parts(parts: Sequence[Result], name: str, folders: Sequence[Path] | None = None,
+                seed: int = 0) -> Result:
+    """One result from the parts of an experiment run on disjoint instance sets: the per-instance
+    metrics and training logs concatenated, the summary recomputed over all instances by
+    prpg.evaluation.aggregate (means, bootstrap CI with `seed`, as the aggregate stage with the default
+    common.seed) from instances.csv, whose values are rounded to 6 decimals. The parts must agree on
+    every params.json key but `instances`."""
+    folders = list(folders or [Path(p.name) for p in parts])
+    first, where = parts[0], folders[0]
+    for part, folder in zip(parts[1:], folders[1:]):
+        differ = sorted(k for k in set(first.params) | set(part.params)
+                        if k != "instances" and first.params.get(k) != part.params.get(k))
+        if differ:
+            raise ReportError(f"{folder / 'params.json'} and {where / 'params.json'} differ in {', '.join(differ)}: "
+                              "the parts of one result are the same experiment on other instances")
+    seen: dict[str, Path] = {}
+    for part, folder in zip(parts, folders):
+        for inst in part.instances["instance"].unique():
+            if inst in seen:
+                raise ReportError(f"instance {inst} is in two parts of result {name}: {seen[inst]} and {folder}; "
+                                  "each instance belongs to one part")
+            seen[inst] = folder
+    splits = {p.summary.get("instance_split", "all") for p in parts}
+    if len(splits) > 1:
+        raise ReportError(f"the parts of result {name} average over different instance splits {sorted(splits)}")
+    from prpg.evaluation import aggregate  # torch: only when there are parts to merge
+
+    instances = pd.concat([p.instances for p in parts], ignore_index=True)
+    split = splits.pop()
+    summary = aggregate(_per_instance(instances), instance_split=None if split == "all" else split,
+                        n_boot=1000, seed=seed)
+    summary["instance_split"] = split
+    synthetic = [p.summary.get("synthetic_positives") for p in parts]
+    if all(synthetic):
+        counts = [len(p.params.get("instances") or p.instances["instance"].unique()) for p in parts]
+        summary["synthetic_positives"] = {
+            "mean": float(sum(s["mean"] * n for s, n in zip(synthetic, counts)) / sum(counts)),
+            "min": min(s["min"] for s in synthetic),
+            "instances_without": sum(s["instances_without"] for s in synthetic)}
+    logs = [p.train_log for p in parts]
+    params = {**first.params, "instances": sorted(seen), "parts": [f.name for f in folders]}
+    return Result(name, params, summary, instances,
+                  pd.concat(logs, ignore_index=True) if all(log is not None for log in logs) else None)
 
 
 def load_results(root: str | Path = RESULTS_DIR) -> list[Result]:
@@ -662,11 +728,14 @@ def write_tables(df: pd.DataFrame, stem: str, out_dir: str | Path = TABLES_DIR, 
 
 
 def export_html(executed_ipynb: str | Path, out_html: str | Path) -> Path:
-    """The executed report notebook as one self-contained HTML page (nbconvert's HTMLExporter), atomic."""
+    """The executed report notebook as one self-contained HTML page (nbconvert's HTMLExporter), atomic;
+    the same notebook outputs give the same bytes (cell ids numbered)."""
     import nbformat
     from nbconvert import HTMLExporter
 
     nb = nbformat.read(str(executed_ipynb), as_version=4)
+    for i, cell in enumerate(nb.cells):  # jupytext and papermill draw random cell ids: a re-run of the
+        cell["id"] = f"cell-{i}"         # same report would rewrite the committed page
     body, _ = HTMLExporter().from_notebook_node(nb)
     return write_text_atomic(Path(out_html), body)
 

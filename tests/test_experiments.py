@@ -69,4 +69,67 @@ def test_save_result_snapshots_the_tracked_metrics(tmp_path):
     assert json.loads((out / "evaluate.json").read_text())["metrics"]["classification"]["pretrained"] == 0.1
     with pytest.raises(ValueError, match="plain folder name"):
         save_result("../x", metrics_dir=metrics, results_dir=tmp_path / "results", params_file=ROOT / "params.yaml")
+    with pytest.raises(ValueError, match="holds a whole result"):
+        save_result("toybox-x", part="07", metrics_dir=metrics, results_dir=tmp_path / "results",
+                    params_file=ROOT / "params.yaml")
     shutil.rmtree(out)
+
+
+def test_save_result_in_parts(tmp_path):
+    metrics = tmp_path / "metrics"
+    metrics.mkdir()
+    for f, text in (("evaluate.json", '{"metrics": {}}'), ("instances.csv", "instance\n"),
+                    ("train_log.csv", "instance\n")):
+        (metrics / f).write_text(text)
+    kw = dict(metrics_dir=metrics, results_dir=tmp_path / "results", params_file=ROOT / "params.yaml")
+    out = save_result("toybox-x", part="06", **kw)
+    assert out == tmp_path / "results" / "toybox-x" / "parts" / "06"
+    assert sorted(p.name for p in out.iterdir()) == ["evaluate.json", "instances.csv", "params.json", "train_log.csv"]
+    assert save_result("toybox-x", part="07", **kw).parent == out.parent  # a second part beside the first
+    with pytest.raises(ValueError, match=r"toybox-x is saved in parts .* --part P"):
+        save_result("toybox-x", **kw)
+    with pytest.raises(ValueError, match="part name '../y'"):
+        save_result("toybox-x", part="../y", **kw)
+
+
+def test_write_params_is_what_dvc_exp_run_would_set(tmp_path):
+    from prpg.experiments import write_params
+    from prpg.params import load_params
+
+    params_file = tmp_path / "params.yaml"
+    shutil.copy(ROOT / "params.yaml", params_file)
+    values = write_params("toybox-combined", params_file, {"mug_07": "mug", "tote_07": "tote"},
+                          ["synthesize.positives.guidance=7.5"])
+    assert values[-1] == "synthesize.positives.guidance=7.5"
+    p = load_params(params_file)  # validated: the written file is a valid params.yaml
+    assert p["train"].sources == ("dreambooth_filtered", "cut_paste") and p["personalize"].masked is True
+    assert p["synthesize"].positives.guidance == 7.5 and p["run"].instances == {"mug_07": "mug", "tote_07": "tote"}
+    assert list(p["run"].categories) == ["mug", "tote"]
+    with pytest.raises(ValueError, match="toybox-sweep-cfg: a sweep is several runs"):
+        write_params("toybox-sweep-cfg", params_file)
+
+
+def test_exp_with_jobs_runs_the_chains_side_by_side_on_the_written_params(tmp_path, monkeypatch):
+    import prpg.repro
+    from prpg.cli import main
+    from prpg.params import load_params
+
+    shutil.copy(ROOT / "params.yaml", tmp_path / "params.yaml")
+    monkeypatch.chdir(tmp_path)
+    ran = []
+    monkeypatch.setattr(prpg.repro, "repro", lambda jobs: ran.append((jobs, load_params("params.yaml"))))
+    assert main(["exp", "toybox-cut_paste", "-j", "2", "-S", "train.epochs=1"]) == 0
+    (jobs, p), = ran
+    assert jobs == 2 and p["train"].sources == ("cut_paste",) and p["train"].epochs == 1
+    with pytest.raises(SystemExit, match="takes no --queue or --dry"):
+        main(["exp", "toybox-real", "-j", "2", "--dry"])
+
+
+def test_instances_from_an_offset_are_one_part(pods_tree):
+    first = instances_of(str(pods_tree), split=None, per_category=1)
+    second = instances_of(str(pods_tree), split=None, per_category=1, offset=1)
+    assert first == {"mug_00": "mug", "shoe_00": "shoe"} and second == {"mug_01": "mug"}  # one shoe only
+    both = instances_of(str(pods_tree), split=None, per_category=2)
+    assert both == {**first, **second}
+    with pytest.raises(ValueError, match="from the 99-th"):
+        instances_of(str(pods_tree), split=None, offset=99)

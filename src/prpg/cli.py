@@ -73,22 +73,34 @@ def _params(args: argparse.Namespace) -> int:
 def _save_result(args: argparse.Namespace) -> int:
     from prpg.results import save_result
 
-    print(f"saved {save_result(args.name, args.description, args.headline)}")
+    print(f"saved {save_result(args.name, args.description, args.headline, part=args.part)}")
     return 0
 
 
 def _exp(args: argparse.Namespace) -> int:
     import subprocess
 
-    from prpg.experiments import command, instances_of, shell
+    from prpg.experiments import command, instances_of, shell, write_params
 
     instances = None
     if args.instances:
         root = args.data_root or f"data/{args.name.split('-')[0]}"
-        instances = instances_of(root, split=args.instances, per_category=args.per_category)
-    cmd = command(args.name, queue=args.queue, instances=instances)
-    print(shell(cmd))
-    return 0 if args.dry else subprocess.call(cmd)
+        instances = instances_of(root, split=args.instances, per_category=args.per_category, offset=args.offset)
+    if args.jobs is None:
+        cmd = command(args.name, queue=args.queue, instances=instances, extra=args.set)
+        print(shell(cmd))
+        return 0 if args.dry else subprocess.call(cmd)
+    if args.queue or args.dry:
+        raise SystemExit("prpg exp: --jobs runs the experiment here and now; it takes no --queue or --dry")
+    from prpg.repro import repro
+
+    values = write_params(args.name, "params.yaml", instances, args.set)
+    print(f"params.yaml: {shell(values)}")
+    repro(args.jobs)
+    print(f"done: params.yaml holds {args.name}; `dvc exp save -n {args.name} dvc.yaml` records it as an "
+          "experiment, `prpg results save NAME` snapshots its metrics, `git checkout params.yaml` restores "
+          "the defaults")
+    return 0
 
 
 def _repro(args: argparse.Namespace) -> int:
@@ -133,6 +145,8 @@ def build_parser() -> argparse.ArgumentParser:
     rs.add_argument("name")
     rs.add_argument("--description", default="")
     rs.add_argument("--headline", action="store_true", help="the run's row goes into the main table")
+    rs.add_argument("--part", help="save as reports/results/NAME/parts/PART: one instance set of a result "
+                                   "run in parts (the report merges them)")
     rs.set_defaults(func=_save_result)
 
     e = sub.add_parser("exp", help="run a named experiment (one `dvc exp run`; see prpg.experiments)")
@@ -141,7 +155,14 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--dry", action="store_true", help="print the command only")
     e.add_argument("--instances", choices=["test", "val"], help="run every instance of this class_to_split split")
     e.add_argument("--per-category", type=int, default=None, help="at most this many instances per category")
+    e.add_argument("--offset", type=int, default=0, help="with --instances: of each category, start at the "
+                   "offset-th instance (with --per-category 1: one part of an experiment run in parts)")
     e.add_argument("--data-root", default=None, help="dataset folder for --instances (default data/<dataset>)")
+    e.add_argument("-S", "--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="one more override, as dvc exp run -S (after the experiment's own)")
+    e.add_argument("-j", "--jobs", type=int, default=None,
+                   help="instead of `dvc exp run` (one stage at a time): write the overrides into params.yaml "
+                        "and run `prpg repro -j JOBS`, the instance chains side by side")
     e.set_defaults(func=_exp)
 
     rp = sub.add_parser("repro", help="dvc repro with independent stages side by side (see prpg.repro)")

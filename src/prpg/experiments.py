@@ -8,6 +8,8 @@ the real datasets/models (see README); toybox runs work offline on CPU. Sweeps u
 from __future__ import annotations
 
 import shlex
+from collections.abc import Sequence
+from pathlib import Path
 
 # The paper's settings (protocol §1): SD 1.5 DreamBooth at 512 px, 450 LLM-prompt positives at CFG 5,
 # DreamSim + PerSAM filtering at 0.6, 4500 triplets, LoRA r 16 / alpha 0.5, lr 3e-4, 64x64 dense grid.
@@ -85,36 +87,68 @@ def resolve(name: str) -> dict:
     return {**paper_experiment(dataset, backbone, rest[0] if rest else "masked_dreambooth"), **sweep}
 
 
-def instances_of(data_root: str, split: str | None = "test", per_category: int | None = None) -> dict[str, str]:
-    """name -> category of a dataset's instances (its `class_to_split` split), at most per_category each."""
+def instances_of(data_root: str, split: str | None = "test", per_category: int | None = None,
+                 offset: int = 0) -> dict[str, str]:
+    """name -> category of a dataset's instances (its `class_to_split` split): of each category, at most
+    per_category of them, from its offset-th on (in name order), e.g. offset k, per_category 1 picks the
+    k-th instance of every category: one part of an experiment run in parts (prpg.results)."""
     from prpg.data import load_dataset
 
     ds = load_dataset(data_root)
     picked: dict[str, str] = {}
     for category in ds.categories:
-        names = [i.name for i in ds.instances_in(category=category, split=split)]
+        names = [i.name for i in ds.instances_in(category=category, split=split)][offset:]
         picked.update({n: category for n in names[:per_category]})
     if not picked:
-        raise ValueError(f"{data_root}: no instances with class_to_split {split!r}")
+        raise ValueError(f"{data_root}: no instances with class_to_split {split!r}"
+                         + (f" from the {offset}-th of a category on" if offset else ""))
     return picked
 
 
-def command(name: str, queue: bool = False, instances: dict[str, str] | None = None) -> list[str]:
-    """The `dvc exp run` command line of a named experiment; `instances` (name -> category) replaces
-    run.instances / run.categories (Hydra dict syntax), e.g. every test instance of PODS."""
-    overrides = resolve(name)
+def overrides(name: str, instances: dict[str, str] | None = None, extra: Sequence[str] = ()) -> list[str]:
+    """The `-S` values of a named experiment (Hydra override syntax, as `dvc exp run -S` takes them);
+    `instances` (name -> category) replaces run.instances / run.categories, `extra` comes last."""
+    settings = resolve(name)
     replace_instances = []
     if instances:  # Hydra cannot assign a dict with new keys: delete the mapping, then add the new one
         mapping = "{" + ",".join(f"{k}:{v}" for k, v in instances.items()) + "}"
-        replace_instances = ["-S", "~run.instances", "-S", f"+run.instances={mapping}"]
-        overrides["run.categories"] = "[" + ",".join(sorted(set(instances.values()))) + "]"
-    sweep = any("," in str(v) and not str(v).startswith(("[", "{")) for v in overrides.values())
+        replace_instances = ["~run.instances", f"+run.instances={mapping}"]
+        settings["run.categories"] = "[" + ",".join(sorted(set(instances.values()))) + "]"
+    out = [f"{key}={str(value).lower() if isinstance(value, bool) else value}" for key, value in settings.items()]
+    return out + replace_instances + list(extra)
+
+
+def is_sweep(values: Sequence[str]) -> bool:
+    """A value with a comma outside [...] / {...} is a Hydra sweep: several runs."""
+    return any("," in v.split("=", 1)[1] and not v.split("=", 1)[1].startswith(("[", "{"))
+               for v in values if "=" in v and not v.startswith("~"))
+
+
+def command(name: str, queue: bool = False, instances: dict[str, str] | None = None,
+            extra: Sequence[str] = ()) -> list[str]:
+    """The `dvc exp run` command line of a named experiment, e.g. on every test instance of PODS."""
+    values = overrides(name, instances, extra)
+    sweep = is_sweep(values)
     cmd = ["dvc", "exp", "run"] + ([] if sweep else ["-n", name]) + (["--queue"] if queue or sweep else [])
-    for key, value in overrides.items():
-        v = str(value).lower() if isinstance(value, bool) else str(value)
-        cmd += ["-S", f"{key}={v}"]
-    return cmd + replace_instances
+    for v in values:
+        cmd += ["-S", v]
+    return cmd
 
 
-def shell(cmd: list[str]) -> str:
+def write_params(name: str, params_file: str | Path = "params.yaml", instances: dict[str, str] | None = None,
+                 extra: Sequence[str] = ()) -> list[str]:
+    """Write a named experiment's overrides into params_file, parsed by DVC's own `-S` code (what
+    `dvc exp run` does to the workspace before it runs), so that `prpg repro -j N` can run it with the
+    instance chains side by side. Returns the overrides."""
+    from dvc.utils.hydra import apply_overrides
+
+    values = overrides(name, instances, extra)
+    if is_sweep(values):
+        raise ValueError(f"{name}: a sweep is several runs; queue it (`prpg exp {name}`, then "
+                         "`dvc queue start`) or write one value at a time")
+    apply_overrides(str(params_file), values)
+    return values
+
+
+def shell(cmd: Sequence[str]) -> str:
     return " ".join(shlex.quote(c) for c in cmd)

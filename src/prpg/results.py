@@ -7,6 +7,11 @@ git, so a finished run is saved with `prpg results save NAME` (after `dvc repro`
     reports/results/<name>/instances.csv   per-instance metrics
     reports/results/<name>/train_log.csv   contrastive training curves
     reports/results/<name>/params.json     what the run was: dataset, backbone, method, CFG, loss, ...
+
+One experiment over many instances may be run in parts (one per machine, cluster job or session),
+each on its own `run.instances`: `prpg results save NAME --part P` writes the same four files under
+reports/results/<name>/parts/<P>/, and the report reads the parts as one result over all their
+instances (prpg.report.merge_parts: same params but the instances, disjoint instances).
 """
 
 from __future__ import annotations
@@ -48,17 +53,28 @@ def run_params(params_file: str | Path = "params.yaml") -> dict:
 
 
 def save_result(name: str, description: str = "", headline: bool = False, metrics_dir: Path = METRICS_DIR,
-                results_dir: Path = RESULTS_DIR, params_file: str | Path = "params.yaml") -> Path:
-    """Snapshot the current run's tracked metrics as reports/results/<name>/ (replacing it atomically)."""
+                results_dir: Path = RESULTS_DIR, params_file: str | Path = "params.yaml",
+                part: str | None = None) -> Path:
+    """Snapshot the current run's tracked metrics as reports/results/<name>/ (replacing it atomically),
+    or as reports/results/<name>/parts/<part>/, one part of a result run over several instance sets."""
     missing = [f for f in FILES if not (Path(metrics_dir) / f).is_file()]
     if missing:
         raise FileNotFoundError(f"{metrics_dir}: no {', '.join(missing)}; run the pipeline first "
                                 "(`dvc repro` or `dvc exp run`), then save its result")
-    if not name or "/" in name or name.startswith("."):
-        raise ValueError(f"result name {name!r}: use a plain folder name such as 'toybox-cfg5'")
-    with atomic_dir(Path(results_dir) / name) as tmp:
+    for what, value in (("result name", name), ("part name", part)):
+        if value is not None and (not value or "/" in value or value.startswith(".")):
+            raise ValueError(f"{what} {value!r}: use a plain folder name such as 'toybox-cfg5'")
+    folder = Path(results_dir) / name
+    whole = [f for f in FILES if (folder / f).is_file()]
+    if part is not None and whole:
+        raise ValueError(f"{folder} holds a whole result ({', '.join(whole)}), not parts; save this run under "
+                         "another name, or move that result to parts/<P>/ first")
+    if part is None and (folder / "parts").is_dir():
+        raise ValueError(f"{folder} is saved in parts ({folder / 'parts'}); save this run with --part P")
+    target = folder if part is None else folder / "parts" / part
+    with atomic_dir(target) as tmp:
         for f in FILES:
             shutil.copy2(Path(metrics_dir) / f, tmp / f)
         write_json_atomic(tmp / "params.json", {**run_params(params_file), "description": description,
                                                 "headline": headline})
-    return Path(results_dir) / name
+    return target

@@ -109,6 +109,9 @@ show(methods, "methods", "Generation methods: classification AP per test split",
 show(report.paper_method_table(), "paper_methods", "Paper §4.2 (PODS, approximate)",
      hide=("source", "dataset"))
 figure(report.plot_methods(methods), "methods")
+# Paired: the gain of each instance (personalized - pretrained on the same test images), its mean with a
+# bootstrap CI over instances, and how many instances gained.
+show(report.gain_table(results), "gains", "Paired gains per result (personalized - pretrained, x100)", hide=())
 
 # %% [markdown]
 # ## Sweeps

@@ -281,6 +281,25 @@ def test_method_table(results):
     assert t.loc[["pretrained", "masked_dreambooth (pods-db)"], report.SYNTHETIC].isna().all()
 
 
+def test_gain_table_pairs_each_instances_models(results):
+    from prpg.evaluation.metrics import bootstrap_ci
+
+    t = report.gain_table(results)
+    assert t.loc["pods-db", "Cls gain"] == pytest.approx(15.0) and t.loc["pods-db", "Cls gain ±"] == pytest.approx(0)
+    assert t.loc["pods-db", "Cls gained"] == "2/2" and t.loc["pods-db", "instances"] == 2  # test instances only
+    assert t.loc["toybox-db", "Ret gained"] == "3/3"  # instance_split "all": the val instance counts too
+    rows = [{"instance": f"i{k}", "category": "mug", "instance_split": "test", "test_split": "all",
+             "task": "classification", "model": m, "value": v}
+            for k, (pre, gain) in enumerate([(0.30, 0.10), (0.40, -0.05), (0.20, 0.03)])
+            for m, v in (("pretrained", pre), ("personalized", pre + gain))]
+    r = report.Result("hand", params(method="real"), summary(HEAD), pd.DataFrame(rows), None)
+    row = report.gain_table([r]).loc["hand"]
+    low, high = bootstrap_ci([10.0, -5.0, 3.0])
+    assert row["Cls gain"] == pytest.approx(8 / 3) and row["Cls gained"] == "2/3"
+    assert row["Cls gain ±"] == pytest.approx((high - low) / 2) and "Ret gain" not in row
+    assert report.gain_table([]).empty
+
+
 def test_sweep_table(results):
     g = report.sweep_table(results, "guidance")
     assert list(g.index) == ["guidance=4", "guidance=5"]  # pods masked DB only: other groups have one value
@@ -332,7 +351,7 @@ def test_figures_written_and_deterministic(results, tmp_path):
 # ----------------------------------------------------------------------------------------------- notebook
 
 TABLES = ("run_summary", "run_splits", "run_categories", "experiments", "main_table", "paper_main", "methods",
-          "paper_methods", "sweep_guidance", "sweep_loss", "sweep_num_real", "paper_scaling")
+          "gains", "paper_methods", "sweep_guidance", "sweep_loss", "sweep_num_real", "paper_scaling")
 FIGURES = ("gains", "training", "methods", "sweep_guidance", "sweep_loss", "sweep_num_real")
 
 

@@ -104,12 +104,15 @@ def test_a_param_change_touches_only_the_stages_that_read_it(repo, key, value, c
 
 @needs_models
 def test_prpg_repro_runs_two_chains_at_once_with_the_sequential_results(repo, tmp_path):
-    """`prpg repro -j 2` (make demo's command) on two instances: the chains run side by side, the
-    pipeline ends up to date, and mug_01's stages write what a plain sequential `dvc repro` wrote."""
+    """`prpg repro -j 2` (make demo's command; here through `prpg exp NAME -j 2`, which first writes the
+    experiment's settings, the defaults, into params.yaml) on two instances: the chains run side by
+    side, the pipeline ends up to date, and mug_01's stages write what a plain sequential `dvc repro`
+    wrote. Then the run is kept as an experiment and saved as one part of a result."""
     run(["dvc", "repro"], repo)
     two = {**MICRO_RUN, "run": {"categories": ["mug", "bottle"], "instances": {"mug_01": "mug", "bottle_01": "bottle"}}}
     par = copy_repo(tmp_path, params=two)
-    out = run(["prpg", "repro", "--jobs", "2"], par).stdout
+    out = run(["prpg", "exp", "toybox-dreambooth", "--jobs", "2"], par).stdout
+    assert "params.yaml: 'train.sources=[dreambooth_filtered]' personalize.masked=false" in out
     assert "instance 2/2 starts: priors@bottle personalize@bottle_01 synthesize@bottle_01" in out
     assert "Running stage 'report'" in out
     status = json.loads(run(["dvc", "status", "--json"], par).stdout)
@@ -129,6 +132,12 @@ def test_prpg_repro_runs_two_chains_at_once_with_the_sequential_results(repo, tm
     exps = {r["name"]: r for entry in shown for e in (entry.get("experiments") or []) for r in e["revs"]}
     saved = exps["two-chains"]["data"]["metrics"]["reports/metrics/evaluate.json"]
     assert saved.get("data", {}).get("n_instances") == 2, saved
+    run(["prpg", "results", "save", "two-chains", "--part", "01"], par)
+    from prpg.report import load_results
+
+    result, = load_results(par / "reports/results")
+    assert result.params["parts"] == ["01"] and result.params["instances"] == ["bottle_01", "mug_01"]
+    assert result.summary["n_instances"] == 2 and result.params["method"] == "dreambooth"
 
 
 @needs_models

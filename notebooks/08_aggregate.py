@@ -38,7 +38,7 @@ from prpg.paths import chdir_repo_root
 chdir_repo_root()
 
 from prpg.atomic import write_json_atomic, write_text_atomic  # noqa: E402
-from prpg.evaluation import aggregate  # noqa: E402
+from prpg.summary import aggregate  # noqa: E402
 from prpg.params import parse_group  # noqa: E402
 from prpg.triplets import REAL_SOURCE, positives_per_source  # noqa: E402
 

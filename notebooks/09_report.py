@@ -26,8 +26,6 @@
 common = {"seed": 0, "device": "cpu", "dataset": "toybox", "data_root": "outputs/data/toybox", "data_source": "src/prpg/toybox"}
 
 # %%
-import warnings
-
 from IPython.display import Image, Markdown, display
 
 from prpg.paths import chdir_repo_root
@@ -37,9 +35,6 @@ chdir_repo_root()
 from prpg import report  # noqa: E402
 from prpg.params import parse_group  # noqa: E402
 
-# Merging a result's parts imports prpg.evaluation, and with it tqdm.auto, which warns (with this
-# machine's venv path) that ipywidgets is absent: noise that would make the committed HTML machine-specific.
-warnings.filterwarnings("ignore", message="IProgress not found")
 common_p = parse_group("common", common)
 FIG = "reports/figures"
 ID_COLS = ("source", "backbone", "model", "task")  # in the csv; the row labels say them

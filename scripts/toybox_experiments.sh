@@ -15,24 +15,26 @@ K=${1:?usage: scripts/toybox_experiments.sh K [NAME ...]  (K: 0 for the *_06 tes
 shift
 JOBS=${JOBS:-3}
 PART=$(printf '%02d' $((6 + K)))  # toybox: instances 00-05 of a category are val, 06-19 test
-pick=(--instances test --per-category 1 --offset "$K" --data-root outputs/data/toybox)
-one() {
+pick=(--instances test --per-category 1 --offset "$K")  # from params.yaml: outputs/data/toybox
+one() {  # one experiment on part K; any failure stops the script (set -e)
   git checkout -- params.yaml  # every experiment starts from the committed defaults
   local t=$SECONDS
   case $1 in
-    dreambooth) prpg exp toybox-dreambooth -j "$JOBS" "${pick[@]}" \
-                  && prpg results save toybox-dreambooth --part "$PART" --headline \
-                       --description "filtered DreamBooth positives (the default run)" ;;
+    dreambooth) prpg exp toybox-dreambooth -j "$JOBS" "${pick[@]}"
+                prpg results save toybox-dreambooth --part "$PART" --headline \
+                  --description "filtered DreamBooth positives (the default run)" ;;
     real|masked_dreambooth|cut_paste|combined)
-                prpg exp "toybox-$1" -j "$JOBS" "${pick[@]}" \
-                  && prpg results save "toybox-$1" --part "$PART" --description "positives: $1" ;;
-    cfg4|cfg7.5) prpg exp toybox-dreambooth -j "$JOBS" "${pick[@]}" -S "synthesize.positives.guidance=${1#cfg}" \
-                  && prpg results save "toybox-$1" --part "$PART" \
-                       --description "filtered DreamBooth positives at CFG ${1#cfg}" ;;
+                prpg exp "toybox-$1" -j "$JOBS" "${pick[@]}"
+                prpg results save "toybox-$1" --part "$PART" --description "positives: $1" ;;
+    cfg4|cfg7.5) prpg exp toybox-dreambooth -j "$JOBS" "${pick[@]}" -S "synthesize.positives.guidance=${1#cfg}"
+                prpg results save "toybox-$1" --part "$PART" \
+                  --description "filtered DreamBooth positives at CFG ${1#cfg}" ;;
     *) echo "unknown experiment $1" >&2; exit 2 ;;
   esac
   echo "toybox-$1 part $PART: $((SECONDS - t)) s"
 }
+git checkout -- params.yaml
+dvc repro data  # the parts' instances are picked from the world the data stage builds (a fresh clone has none)
 for name in "${@:-dreambooth real cut_paste cfg4 cfg7.5 masked_dreambooth combined}"; do
   for n in $name; do one "$n"; done
 done

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from prpg.experiments import command, instances_of, resolve
+from prpg.experiments import command, data_root_of, instances_of, resolve
 from prpg.results import method_name, save_result
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -133,3 +133,14 @@ def test_instances_from_an_offset_are_one_part(pods_tree):
     assert both == {**first, **second}
     with pytest.raises(ValueError, match="from the 99-th"):
         instances_of(str(pods_tree), split=None, offset=99)
+
+
+def test_instances_come_from_the_experiment_s_dataset(tmp_path):
+    params_file = tmp_path / "params.yaml"
+    params_file.write_text("common:\n  data_root: outputs/data/toybox\n")
+    assert data_root_of("toybox-real", params_file) == "outputs/data/toybox"  # the world the data stage built
+    assert data_root_of("pods-dinov2_vitb14", params_file) == "data/pods"  # a paper run's own dataset
+    assert data_root_of("dogs-clip_vitb16-sweep-cfg", params_file) == "data/dogs"
+    params_file.write_text("common: {}\n")
+    with pytest.raises(ValueError, match=r"params\.yaml: no common\.data_root.*--data-root"):
+        data_root_of("toybox-real", params_file)

@@ -102,6 +102,18 @@ def results(tmp_path):
 
 # ----------------------------------------------------------------------------------------------- loading
 
+def test_the_report_needs_no_model_library():
+    """The report regenerates from tracked metrics alone: importing it (parts merging included) loads
+    neither torch nor tqdm's notebook widgets (whose missing-ipywidgets warning would land in the HTML)."""
+    import subprocess
+    import sys
+
+    code = ("import sys, prpg.report; "
+            "print(sorted(m for m in ('torch', 'tqdm.auto', 'tqdm.notebook', 'sklearn') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+
+
 def test_load_results(results, tmp_path):
     assert [r.name for r in results] == ["pods-db", "pods-db-cfg4", "pods-real", "toybox-db"]
     assert results[0].params["headline"] and results[0].train_log is not None and results[2].train_log is None
@@ -126,7 +138,7 @@ def test_incomplete_result_names_folder_and_file(tmp_path):
 
 def _part(folder: Path, per_instance: list[dict], p: dict, synthetic: dict) -> None:
     """A part as prpg results save writes it: 08_aggregate's evaluate.json and instances.csv (%.6f)."""
-    from prpg.evaluation import aggregate
+    from prpg.summary import aggregate
 
     folder.mkdir(parents=True)
     s = {**aggregate(per_instance, instance_split="test", n_boot=1000, seed=0), "instance_split": "test",
@@ -152,7 +164,7 @@ def _instance_results(names, rng) -> list[dict]:
 def test_a_result_saved_in_parts_is_the_result_over_all_their_instances(tmp_path):
     import numpy as np
 
-    from prpg.evaluation import aggregate
+    from prpg.summary import aggregate
 
     everyone = _instance_results([f"{c}_{i:02d}" for i in (6, 7) for c in ("mug", "shoe", "tote")],
                                  np.random.default_rng(0))
@@ -282,7 +294,7 @@ def test_method_table(results):
 
 
 def test_gain_table_pairs_each_instances_models(results):
-    from prpg.evaluation.metrics import bootstrap_ci
+    from prpg.summary import bootstrap_ci
 
     t = report.gain_table(results)
     assert t.loc["pods-db", "Cls gain"] == pytest.approx(15.0) and t.loc["pods-db", "Cls gain ±"] == pytest.approx(0)

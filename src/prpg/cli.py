@@ -80,11 +80,11 @@ def _save_result(args: argparse.Namespace) -> int:
 def _exp(args: argparse.Namespace) -> int:
     import subprocess
 
-    from prpg.experiments import command, instances_of, shell, write_params
+    from prpg.experiments import command, data_root_of, instances_of, shell, write_params
 
     instances = None
     if args.instances:
-        root = args.data_root or f"data/{args.name.split('-')[0]}"
+        root = args.data_root or data_root_of(args.name)
         instances = instances_of(root, split=args.instances, per_category=args.per_category, offset=args.offset)
     if args.jobs is None:
         cmd = command(args.name, queue=args.queue, instances=instances, extra=args.set)
@@ -157,7 +157,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--per-category", type=int, default=None, help="at most this many instances per category")
     e.add_argument("--offset", type=int, default=0, help="with --instances: of each category, start at the "
                    "offset-th instance (with --per-category 1: one part of an experiment run in parts)")
-    e.add_argument("--data-root", default=None, help="dataset folder for --instances (default data/<dataset>)")
+    e.add_argument("--data-root", default=None, help="dataset folder for --instances (default: the experiment's "
+                   "common.data_root, else params.yaml's)")
     e.add_argument("-S", "--set", action="append", default=[], metavar="KEY=VALUE",
                    help="one more override, as dvc exp run -S (after the experiment's own)")
     e.add_argument("-j", "--jobs", type=int, default=None,

@@ -28,6 +28,7 @@ import dataclasses
 import io
 import json
 import math
+import os
 import time
 import warnings
 from collections.abc import Callable, Sequence
@@ -305,8 +306,11 @@ def train(backbone: Backbone, triplets_csv_or_rows, cfg: TrainConfig, seed: int,
           progress: bool = True) -> dict:
     """Personalize `backbone` on one instance's triplets (a CSV path or rows). Writes out_dir atomically:
     adapter/ (peft, safetensors), train_log.csv (step,epoch,loss,accuracy), train_config.json (the
-    resolved config, seed, backbone, triplet count, summary, wall seconds). Returns that summary;
-    `load_personalized(backbone, out_dir)` gives the trained model."""
+    resolved config, seed, backbone, triplet count, summary). The file holds only what the inputs
+    determine, so the same seed gives the same bytes (and the same DVC hash): a CSV path is recorded
+    relative to out_dir (the pipeline writes it beside the model in a temp dir that is then renamed), and
+    the wall seconds are only in the returned summary. `load_personalized(backbone, out_dir)` gives the
+    trained model."""
     t0 = time.perf_counter()
     rows = as_triplets(triplets_csv_or_rows)
     personal = add_lora(backbone, cfg, seed)
@@ -317,16 +321,16 @@ def train(backbone: Backbone, triplets_csv_or_rows, cfg: TrainConfig, seed: int,
         "seed": seed,
         "backbone": backbone.name,
         "triplets": len(rows),
-        "triplets_csv": str(triplets_csv_or_rows) if isinstance(triplets_csv_or_rows, (str, Path)) else None,
+        "triplets_csv": (os.path.relpath(triplets_csv_or_rows, out_dir)
+                         if isinstance(triplets_csv_or_rows, (str, Path)) else None),
         "steps": len(log),
         "trainable_params": sum(p.numel() for p in trainable_parameters(personal)),
         "final_loss": _tail_mean(log, "loss"),  # mean of the last 10 steps
         "final_accuracy": _tail_mean(log, "accuracy"),
         "device": str(resolve_device(cfg.device)),
-        "seconds": round(time.perf_counter() - t0, 1),
     }
     with atomic_dir(Path(out_dir)) as tmp:
         save_adapter(personal, tmp / ADAPTER_DIR)
         write_text_atomic(tmp / LOG_FILE, log_csv(log))
         write_json_atomic(tmp / CONFIG_FILE, summary)
-    return summary
+    return {**summary, "seconds": round(time.perf_counter() - t0, 1)}

@@ -105,6 +105,21 @@ def instances_of(data_root: str, split: str | None = "test", per_category: int |
     return picked
 
 
+def data_root_of(name: str, params_file: str | Path = "params.yaml") -> str:
+    """The dataset folder a named experiment runs on: its own common.data_root (paper runs: data/pods, ...),
+    else params_file's (toybox: the world the data stage builds, outputs/data/toybox)."""
+    settings = resolve(name)
+    if "common.data_root" in settings:
+        return str(settings["common.data_root"])
+    import yaml
+
+    try:
+        return str(yaml.safe_load(Path(params_file).read_text())["common"]["data_root"])
+    except (OSError, KeyError, TypeError) as e:
+        raise ValueError(f"{params_file}: no common.data_root to pick instances from ({e!r}); "
+                         "pass --data-root") from e
+
+
 def overrides(name: str, instances: dict[str, str] | None = None, extra: Sequence[str] = ()) -> list[str]:
     """The `-S` values of a named experiment (Hydra override syntax, as `dvc exp run -S` takes them);
     `instances` (name -> category) replaces run.instances / run.categories, `extra` comes last."""

@@ -33,6 +33,7 @@ import seaborn as sns
 from matplotlib.figure import Figure
 
 from prpg.atomic import write_bytes_atomic, write_text_atomic
+from prpg.summary import aggregate, bootstrap_ci
 
 RESULTS_DIR = Path("reports/results")
 METRICS_DIR = Path("reports/metrics")
@@ -168,7 +169,7 @@ def load_result(folder: str | Path) -> Result:
 
 
 def _per_instance(instances: pd.DataFrame) -> list[dict]:
-    """instances.csv rows back to the per-instance results prpg.evaluation.aggregate takes."""
+    """instances.csv rows back to the per-instance results prpg.summary.aggregate takes."""
     out = []
     for (name, category, split), rows in instances.groupby(["instance", "category", "instance_split"], sort=False):
         tables: dict = {}
@@ -183,7 +184,7 @@ def merge_parts(parts: Sequence[Result], name: str, folders: Sequence[Path] | No
                 seed: int = 0) -> Result:
     """One result from the parts of an experiment run on disjoint instance sets: the per-instance
     metrics and training logs concatenated, the summary recomputed over all instances by
-    prpg.evaluation.aggregate (means, bootstrap CI with `seed`, as the aggregate stage with the default
+    prpg.summary.aggregate (means, bootstrap CI with `seed`, as the aggregate stage with the default
     common.seed) from instances.csv, whose values are rounded to 6 decimals. The parts must agree on
     every params.json key but `instances`."""
     folders = list(folders or [Path(p.name) for p in parts])
@@ -204,7 +205,6 @@ def merge_parts(parts: Sequence[Result], name: str, folders: Sequence[Path] | No
     splits = {p.summary.get("instance_split", "all") for p in parts}
     if len(splits) > 1:
         raise ReportError(f"the parts of result {name} average over different instance splits {sorted(splits)}")
-    from prpg.evaluation import aggregate  # torch: only when there are parts to merge
 
     instances = pd.concat([p.instances for p in parts], ignore_index=True)
     split = splits.pop()
@@ -484,10 +484,9 @@ def gain_table(results: Iterable[Result], tasks: Sequence[str] = HEADLINE_TASKS,
                seed: int = 0) -> pd.DataFrame:
     """Paired gains: per result and task, the mean over instances of personalized - pretrained (x100,
     from instances.csv, over the instances its summary averages), the half-width of its 95 % bootstrap
-    CI (prpg.evaluation.metrics.bootstrap_ci over the instances' gains) and how many instances gained.
+    CI (prpg.summary.bootstrap_ci over the instances' gains) and how many instances gained.
     Both models are scored on the same instances, so this tells a consistent small gain from noise
     where the two means' own CIs overlap."""
-    from prpg.evaluation.metrics import bootstrap_ci  # numpy only at call time; the module imports torch
 
     rows = []
     for r in sorted(results, key=lambda r: (_rank(r.params["dataset"], DATASETS),

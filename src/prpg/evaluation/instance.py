@@ -29,7 +29,6 @@ from prpg.evaluation.dense import dense_predictions
 from prpg.evaluation.features import cached_features
 from prpg.evaluation.metrics import (
     DenseRecord,
-    bootstrap_ci,
     classification_ap,
     coco_metrics,
     max_similarity,
@@ -140,42 +139,3 @@ def evaluate_instance(ds: Dataset, instance: str, models: Mapping[str, Backbone]
                 _put(per_split[s], dense_metrics([r for r in recs if r.test_split == s]), name, wanted)
     return {"instance": instance, "category": inst.category, "instance_split": inst.split,
             "metrics": metrics, "per_split": {s: t for s, t in per_split.items() if t}}
-
-
-def _collect(tables: Sequence[Mapping]) -> dict[str, dict[str, list[float]]]:
-    out: dict = {}
-    for table in tables:
-        for task, by_model in table.items():
-            for model, v in by_model.items():
-                out.setdefault(task, {}).setdefault(model, []).append(float(v))
-    return out
-
-
-def aggregate(per_instance: Sequence[Mapping], instance_split: str | None = "test", n_boot: int = 1000,
-              seed: int = 0) -> dict:
-    """Mean over the instances whose instance_split matches (the paper's headline numbers are on PODS's
-    test instances; None takes all, e.g. a dataset without class_to_split), with a 95% bootstrap CI
-    (metrics.bootstrap_ci). A (task, model) missing for an instance is averaged over the others;
-    "n" says over how many.
-        {"n_instances", "metrics": {TASK: {MODEL: mean}}, "ci95": {TASK: {MODEL: [low, high]}},
-         "per_split": {SPLIT: {TASK: {MODEL: mean}}}, "n": {TASK: {MODEL: count}}}"""
-    chosen = [r for r in per_instance if instance_split is None or r["instance_split"] == instance_split]
-    if not chosen:
-        found = sorted({str(r["instance_split"]) for r in per_instance})
-        raise ValueError(f"no result with instance_split {instance_split!r} (found {found}); "
-                         "pass instance_split=None to average over all")
-    values = _collect([r["metrics"] for r in chosen])
-    split_names = sorted({s for r in chosen for s in r["per_split"]},
-                         key=lambda s: (TEST_SPLITS.index(s) if s in TEST_SPLITS else len(TEST_SPLITS), s))
-    per_split = {s: _collect([r["per_split"].get(s, {}) for r in chosen]) for s in split_names}
-    def mean(table):
-        return {t: {m: float(np.mean(v)) for m, v in ms.items()} for t, ms in table.items()}
-
-    return {
-        "n_instances": len(chosen),
-        "metrics": mean(values),
-        "ci95": {t: {m: list(bootstrap_ci(v, n_boot, seed)) for m, v in ms.items()}
-                 for t, ms in values.items()},
-        "per_split": {s: mean(table) for s, table in per_split.items()},
-        "n": {t: {m: len(v) for m, v in ms.items()} for t, ms in values.items()},
-    }

@@ -161,16 +161,3 @@ def coco_metrics(records: list[DenseRecord], iou_type: str) -> dict[str, float] 
     f1, f1_50 = reference_f1(ev)
     return {"ap": max(0.0, float(ev.stats[0])), "ap50": max(0.0, float(ev.stats[1])),
             "f1": f1, "f1_50": f1_50}
-
-
-# --- aggregation ---------------------------------------------------------------------------------
-
-
-def bootstrap_ci(values: np.ndarray, n_boot: int = 1000, seed: int = 0) -> tuple[float, float]:
-    """95% percentile bootstrap CI of the mean: n_boot resamples of the instances, with replacement,
-    from numpy's default_rng(seed). The same seed gives the same resampled instance sets to every
-    task and model with the same count (a paired bootstrap)."""
-    values = np.asarray(values, np.float64)
-    idx = np.random.default_rng(seed).integers(0, len(values), size=(n_boot, len(values)))
-    low, high = np.percentile(values[idx].mean(axis=1), [2.5, 97.5])
-    return float(low), float(high)

@@ -111,13 +111,9 @@ def data_root_of(name: str, params_file: str | Path = "params.yaml") -> str:
     settings = resolve(name)
     if "common.data_root" in settings:
         return str(settings["common.data_root"])
-    import yaml
+    from prpg.params import load_params
 
-    try:
-        return str(yaml.safe_load(Path(params_file).read_text())["common"]["data_root"])
-    except (OSError, KeyError, TypeError) as e:
-        raise ValueError(f"{params_file}: no common.data_root to pick instances from ({e!r}); "
-                         "pass --data-root") from e
+    return load_params(params_file)["common"].data_root
 
 
 def overrides(name: str, instances: dict[str, str] | None = None, extra: Sequence[str] = ()) -> list[str]:

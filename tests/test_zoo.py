@@ -172,6 +172,27 @@ def test_shipped_models_load_offline_with_the_right_shapes(monkeypatch):
         assert card["metrics"], f"{sub} card has no measured gates"
 
 
+@pytest.mark.parametrize("crop, seen", [(16, 16), (None, 32), (64, 32)])
+def test_vae_trains_on_random_crops_of_the_configured_size(tmp_path, crop, seen):
+    """`vae_crop` feeds the VAE random crops (a crop larger than the image means the whole image)."""
+    from prpg.zoo.generator import build_pipeline, train_vae
+
+    cfg = GeneratorConfig(resolution=32, vae_channels=(8, 16), unet_channels=(16, 32), attention_head_dim=4,
+                          text_hidden=16, text_layers=1, text_heads=1, max_length=16, vae_steps=3, vae_batch=2,
+                          vae_crop=crop)
+    vae = build_pipeline(cfg, build_clip_tokenizer(tmp_path / "tok", max_length=16)).vae
+    shapes, encode = [], vae.encode
+    vae.encode = lambda x: shapes.append(tuple(x.shape)) or encode(x)
+    pixels = torch.rand(5, 3, 32, 32) * 2 - 1
+    losses = train_vae(vae, pixels, cfg, torch.Generator().manual_seed(0))
+    assert shapes == [(2, 3, seen, seen)] * 3 and len(losses) == 3 and np.isfinite(losses).all()
+
+
+def test_vae_crop_must_be_positive():
+    with pytest.raises(ValueError, match="vae_crop"):
+        GeneratorConfig(vae_crop=0)
+
+
 def _card_metrics(sub: str) -> dict:
     return json.loads((SHIPPED / sub / "card.json").read_text())["metrics"]
 

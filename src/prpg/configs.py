@@ -26,6 +26,7 @@ class GeneratorConfig:
     max_length: int = 32  # toybox captions are short; SD uses 77
     vae_steps: int = 800
     vae_batch: int = 16
+    vae_crop: int | None = Field(None, gt=0)  # train on random crops of this size (None: whole images)
     vae_lr: float = 1e-3
     vae_kl_weight: float = 1e-6
     unet_steps: int = 6000

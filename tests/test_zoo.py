@@ -15,6 +15,9 @@ from prpg.zoo.tokenizer import build_clip_tokenizer
 
 ROOT = Path(__file__).resolve().parents[1]
 SHIPPED = ROOT / "models/toybox"
+# A same-architecture generator small enough to train in seconds.
+TINY_GEN = dict(resolution=32, vae_channels=(8, 16), unet_channels=(16, 32), attention_head_dim=4, text_hidden=16,
+                text_layers=1, text_heads=1, max_length=16)
 
 
 def test_tokenizer_gives_openai_clip_ids(tmp_path):
@@ -117,9 +120,7 @@ def test_micro_pretraining_saves_loadable_models(tmp_path):
     enc = load_backbone(tmp_path / "enc")
     assert embed(enc, images, eval_transform(ecfg)).shape == (6, 32)
 
-    gcfg = GeneratorConfig(resolution=32, vae_channels=(8, 16), unet_channels=(16, 32), attention_head_dim=4,
-                           text_hidden=16, text_layers=1, text_heads=1, max_length=16, vae_steps=2, vae_batch=2,
-                           unet_steps=2, unet_batch=2)
+    gcfg = GeneratorConfig(**TINY_GEN, vae_steps=2, vae_batch=2, unet_steps=2, unet_batch=2)
     gstats = pretrain_generator(images, ["a photo of a mug"] * 6, tmp_path / "gen", gcfg, seed=0, work_dir=tmp_path / "w")
     assert len(gstats["losses"]["unet"]) == 2 and np.isfinite(gstats["unet_final_loss"])
     from safetensors import safe_open
@@ -140,8 +141,7 @@ def test_dreambooth_trains_unet_and_text_encoder_only(tmp_path):
     from prpg.zoo.generator import build_pipeline
 
     torch.manual_seed(0)
-    gcfg = GeneratorConfig(resolution=32, vae_channels=(8, 16), unet_channels=(16, 32), attention_head_dim=4,
-                           text_hidden=16, text_layers=1, text_heads=1, max_length=16)
+    gcfg = GeneratorConfig(**TINY_GEN)
     pipe = build_pipeline(gcfg, build_clip_tokenizer(tmp_path, max_length=16))
     before = {n: {k: v.clone() for k, v in getattr(pipe, n).state_dict().items()} for n in ("unet", "vae", "text_encoder")}
     rng = np.random.default_rng(0)
@@ -177,9 +177,7 @@ def test_vae_trains_on_random_crops_of_the_configured_size(tmp_path, crop, seen)
     """`vae_crop` feeds the VAE random crops (a crop larger than the image means the whole image)."""
     from prpg.zoo.generator import build_pipeline, train_vae
 
-    cfg = GeneratorConfig(resolution=32, vae_channels=(8, 16), unet_channels=(16, 32), attention_head_dim=4,
-                          text_hidden=16, text_layers=1, text_heads=1, max_length=16, vae_steps=3, vae_batch=2,
-                          vae_crop=crop)
+    cfg = GeneratorConfig(**TINY_GEN, vae_steps=3, vae_batch=2, vae_crop=crop)
     vae = build_pipeline(cfg, build_clip_tokenizer(tmp_path / "tok", max_length=16)).vae
     shapes, encode = [], vae.encode
     vae.encode = lambda x: shapes.append(tuple(x.shape)) or encode(x)

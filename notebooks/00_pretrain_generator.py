@@ -57,6 +57,7 @@ keep = {i.name for c in pool.categories for i in pool.instances_in(category=c)[:
 records = [r for split in ("train", "test") for r in pool.images(split) if r.instance in keep]
 images = gates.load_images(records)
 captions = [pool.annotation(r)["caption"] for r in records]
+categories = [pool.instance(r.instance).category for r in records]
 print(f"{len(images)} pool images of {len(keep)} instances; e.g. '{captions[0]}' | '{captions[-1]}'")
 
 # %% [markdown]
@@ -64,7 +65,8 @@ print(f"{len(images)} pool images of {len(keep)} instances; e.g. '{captions[0]}'
 
 # %%
 with atomic_dir(TOYBOX_GENERATOR) as out, tempfile.TemporaryDirectory() as work:
-    stats = pretrain_generator(images, captions, out, p.generator, seed=common_p.seed, work_dir=Path(work))
+    stats = pretrain_generator(images, captions, out, p.generator, seed=common_p.seed, work_dir=Path(work),
+                               categories=categories)
     losses = stats.pop("losses")
     (out / "training.json").write_text(json.dumps(stats, indent=2, sort_keys=True) + "\n")
 print(f"generator: {stats['total_seconds'] / 60:.1f} min wall, {stats['cpu_seconds'] / 60:.1f} min CPU; "

@@ -53,7 +53,10 @@ def test_instances_replace_the_run_mapping(pods_tree):
     assert cmd[i + 2].startswith("+run.instances={") and all(f"{k}:{v}" in cmd[i + 2] for k, v in picked.items())
 
 
-def test_save_result_snapshots_the_tracked_metrics(tmp_path):
+def test_save_result_snapshots_the_tracked_metrics(tmp_path, monkeypatch):
+    from prpg.models import weights_fingerprint
+
+    monkeypatch.chdir(ROOT)  # model paths in params.yaml are relative to the repository root
     metrics = tmp_path / "metrics"
     with pytest.raises(FileNotFoundError, match="evaluate.json"):
         save_result("x", metrics_dir=metrics, results_dir=tmp_path / "results", params_file=ROOT / "params.yaml")
@@ -66,6 +69,8 @@ def test_save_result_snapshots_the_tracked_metrics(tmp_path):
     params = json.loads((out / "params.json").read_text())
     assert params["dataset"] == "toybox" and params["method"] == "dreambooth" and params["headline"] is True
     assert params["guidance"] == 5.0 and params["description"] == "a test"
+    assert params["generator_weights"] == weights_fingerprint(ROOT / "models/toybox/generator") is not None
+    assert params["backbone_weights"] == weights_fingerprint(ROOT / "models/toybox/encoder") is not None
     assert json.loads((out / "evaluate.json").read_text())["metrics"]["classification"]["pretrained"] == 0.1
     with pytest.raises(ValueError, match="plain folder name"):
         save_result("../x", metrics_dir=metrics, results_dir=tmp_path / "results", params_file=ROOT / "params.yaml")

@@ -72,3 +72,23 @@ def test_missing_generator_offline_fails_at_once_naming_id_and_cache(offline_hub
 def test_missing_backbone_offline_fails_at_once(offline_hub, name, repo):
     with pytest.raises(ModelNotAvailableError, match=repo.replace(".", r"\.")):
         load_backbone(name)
+
+
+def test_weights_fingerprint_hashes_the_safetensors_of_a_local_model(tmp_path):
+    import hashlib
+
+    from prpg.models import weights_fingerprint
+
+    (tmp_path / "unet").mkdir()
+    (tmp_path / "unet/w.safetensors").write_bytes(b"abc")
+    (tmp_path / "unet/config.json").write_text("{}")  # configs are not weights
+    by_hand = hashlib.sha256(b"unet/w.safetensors\0abc").hexdigest()[:12]
+    assert weights_fingerprint(tmp_path) == by_hand
+    (tmp_path / "unet/config.json").write_text('{"x": 1}')
+    assert weights_fingerprint(tmp_path) == by_hand
+    (tmp_path / "unet/w.safetensors").write_bytes(b"abd")  # retrained weights, same path
+    assert weights_fingerprint(tmp_path) != by_hand
+    assert weights_fingerprint("stable-diffusion-v1-5/stable-diffusion-v1-5") is None  # a hub id names its weights
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ModelNotAvailableError, match="no \\*.safetensors"):
+        weights_fingerprint(tmp_path / "empty")

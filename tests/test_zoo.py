@@ -120,8 +120,9 @@ def test_micro_pretraining_saves_loadable_models(tmp_path):
     enc = load_backbone(tmp_path / "enc")
     assert embed(enc, images, eval_transform(ecfg)).shape == (6, 32)
 
-    gcfg = GeneratorConfig(**TINY_GEN, vae_steps=2, vae_batch=2, unet_steps=2, unet_batch=2)
-    gstats = pretrain_generator(images, ["a photo of a mug"] * 6, tmp_path / "gen", gcfg, seed=0, work_dir=tmp_path / "w")
+    gcfg = GeneratorConfig(**TINY_GEN, vae_steps=2, vae_batch=2, unet_steps=2, unet_batch=2, category_caption=0.5)
+    gstats = pretrain_generator(images, ["a photo of a mug on a wooden table"] * 6, tmp_path / "gen", gcfg, seed=0,
+                                work_dir=tmp_path / "w", categories=["mug"] * 6)
     assert len(gstats["losses"]["unet"]) == 2 and np.isfinite(gstats["unet_final_loss"])
     from safetensors import safe_open
 
@@ -189,6 +190,35 @@ def test_vae_trains_on_random_crops_of_the_configured_size(tmp_path, crop, seen)
 def test_vae_crop_must_be_positive():
     with pytest.raises(ValueError, match="vae_crop"):
         GeneratorConfig(vae_crop=0)
+
+
+@pytest.mark.parametrize("share, expect", [(0.0, {"full"}), (1.0, {"bare"}), (0.5, {"full", "bare"})])
+def test_category_caption_swaps_in_the_bare_category_prompt(tmp_path, share, expect):
+    """`category_caption` trains that share of samples on "a photo of a {category}" instead of the caption."""
+    from prpg.zoo.generator import build_pipeline, tokenize, train_denoiser
+
+    cfg = GeneratorConfig(**TINY_GEN, unet_steps=4, unet_batch=4, caption_dropout=0.0, category_caption=share)
+    tok = build_clip_tokenizer(tmp_path / "tok", max_length=16)
+    pipe = build_pipeline(cfg, tok)
+    full = tokenize(tok, ["a photo of a mug on a wooden table"] * 3)
+    bare = tokenize(tok, ["a photo of a mug"] * 3)
+    seen = []
+    pipe.text_encoder.register_forward_pre_hook(lambda module, args: seen.extend(args[0].clone()))
+    mean = torch.randn(3, cfg.latent_channels, 16, 16)
+    losses = train_denoiser(pipe, mean, torch.full_like(mean, 0.1), full, tokenize(tok, [""])[0], cfg,
+                            torch.Generator().manual_seed(0), category_ids=bare)
+    kinds = {"full" if torch.equal(ids, full[0]) else "bare" if torch.equal(ids, bare[0]) else "other" for ids in seen}
+    assert len(seen) == 16 and kinds == expect and np.isfinite(losses).all()
+
+
+def test_category_caption_needs_the_categories(tmp_path):
+    from prpg.zoo.generator import pretrain_generator
+
+    with pytest.raises(ValueError, match="category_caption"):
+        GeneratorConfig(category_caption=1.5)
+    cfg = GeneratorConfig(**TINY_GEN, category_caption=0.3)
+    with pytest.raises(ValueError, match="one category per training image"):
+        pretrain_generator([None] * 2, ["a photo of a mug"] * 2, tmp_path / "g", cfg, seed=0, work_dir=tmp_path)
 
 
 def _card_metrics(sub: str) -> dict:

@@ -54,6 +54,26 @@ def _is_local(name_or_path: str | Path) -> bool:
     return Path(name_or_path).is_dir()
 
 
+def weights_fingerprint(name_or_path: str | Path) -> str | None:
+    """First 12 hex digits of a sha256 over a local model folder's safetensors files (names and bytes),
+    so committed results say which weights made them; None for a hub id, which names its weights itself."""
+    import hashlib
+
+    if name_or_path == "toybox":
+        name_or_path = TOYBOX_ENCODER
+    if not _is_local(name_or_path):
+        return None
+    root = Path(name_or_path)
+    files = sorted(root.rglob("*.safetensors"))
+    if not files:
+        raise ModelNotAvailableError(f"{root}: no *.safetensors weights in this model folder")
+    digest = hashlib.sha256()
+    for f in files:
+        digest.update(f.relative_to(root).as_posix().encode() + b"\0")
+        digest.update(f.read_bytes())
+    return digest.hexdigest()[:12]
+
+
 def load_generator(id_or_path: str | Path = PAPER_GENERATOR, *, device: str = "cpu", dtype=None,
                    local_files_only: bool | None = None):
     """A diffusers StableDiffusionPipeline (SD 1.5 or the toybox generator), safety checker off."""

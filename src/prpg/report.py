@@ -328,7 +328,8 @@ def category_table(instances: pd.DataFrame, instance_split: str = "test",
 
 def experiments_table(results: Iterable[Result]) -> pd.DataFrame:
     """What each committed result is (its params.json facts the tables group by) and its size."""
-    keys = ("dataset", "backbone", "method", "guidance", "loss", "num_real", "headline", "description")
+    keys = ("dataset", "backbone", "method", "guidance", "loss", "num_real", "generator_weights", "headline",
+            "description")
     results = list(results)
     rows = [{**{k: r.params.get(k) for k in keys}, "instances": r.summary.get("n_instances")}
             for r in results]

@@ -37,11 +37,16 @@ def method_name(sources: tuple[str, ...], masked: bool) -> str:
 
 def run_params(params_file: str | Path = "params.yaml") -> dict:
     """The facts of the run that the report groups by, read from the validated params."""
+    from prpg.models import weights_fingerprint
+
     p = load_params(params_file)
     return {
         "dataset": p["common"].dataset,
         "backbone": p["models"].backbone,
         "generator": p["models"].generator,
+        # Which weights: a retrained toybox model keeps its path, and parts run with other weights must not merge.
+        "generator_weights": weights_fingerprint(p["models"].generator),
+        "backbone_weights": weights_fingerprint(p["models"].backbone),
         "method": method_name(p["train"].sources, p["personalize"].masked),
         "sources": list(p["train"].sources),
         "masked": p["personalize"].masked,

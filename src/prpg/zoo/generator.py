@@ -137,8 +137,13 @@ def min_snr_weights(noise_sched, t: torch.Tensor, gamma: float | None) -> torch.
 
 
 def train_denoiser(pipe, latents_mean, latents_std, input_ids, empty_ids, cfg: GeneratorConfig,
-                   generator: torch.Generator) -> list[float]:
-    """UNet + text encoder on epsilon prediction; EMA weights are copied in at the end."""
+                   generator: torch.Generator, category_ids: torch.Tensor | None = None) -> list[float]:
+    """UNet + text encoder on epsilon prediction; EMA weights are copied in at the end.
+
+    `category_ids` (one row per image: its bare category prompt) replace the full caption on a
+    `cfg.category_caption` share of the samples, before the empty-caption dropout."""
+    if cfg.category_caption > 0 and category_ids is None:
+        raise ValueError("pretrain.generator.category_caption > 0 needs the images' category prompts (category_ids)")
     from diffusers import DDPMScheduler
 
     noise_sched = DDPMScheduler(**SCHEDULE)
@@ -155,6 +160,9 @@ def train_denoiser(pipe, latents_mean, latents_std, input_ids, empty_ids, cfg: G
         eps0 = torch.randn(latents_mean[idx].shape, generator=generator)
         z0 = (latents_mean[idx] + latents_std[idx] * eps0) * scale
         ids = input_ids[idx].clone()
+        if cfg.category_caption > 0:  # no extra draw when off: the recipe without it stays bit-identical
+            short = torch.rand(len(idx), generator=generator) < cfg.category_caption
+            ids[short] = category_ids[idx][short]
         drop = torch.rand(len(idx), generator=generator) < cfg.caption_dropout
         ids[drop] = empty_ids
         noise = torch.randn(z0.shape, generator=generator)
@@ -175,8 +183,11 @@ def train_denoiser(pipe, latents_mean, latents_std, input_ids, empty_ids, cfg: G
 
 
 def pretrain_generator(images, captions: list[str], out_dir: Path, cfg: GeneratorConfig, seed: int,
-                       work_dir: Path) -> dict:
-    """Train the whole generator and save it with save_pretrained; returns training stats."""
+                       work_dir: Path, categories: list[str] | None = None) -> dict:
+    """Train the whole generator and save it with save_pretrained; returns training stats.
+    `categories` (one per image) are needed when `cfg.category_caption` > 0."""
+    if cfg.category_caption > 0 and (categories is None or len(categories) != len(images)):
+        raise ValueError("pretrain.generator.category_caption > 0 needs one category per training image")
     from prpg.zoo.tokenizer import build_clip_tokenizer
 
     torch.manual_seed(seed)
@@ -194,7 +205,9 @@ def pretrain_generator(images, captions: list[str], out_dir: Path, cfg: Generato
 
     input_ids = tokenize(tokenizer, captions)
     empty_ids = tokenize(tokenizer, [""])[0]
-    unet_losses = train_denoiser(pipe, mean, std, input_ids, empty_ids, cfg, gen)
+    category_ids = None if categories is None else tokenize(
+        tokenizer, [CATEGORY_PROMPT.format(category=c) for c in categories])
+    unet_losses = train_denoiser(pipe, mean, std, input_ids, empty_ids, cfg, gen, category_ids)
     t_total = time.perf_counter() - t0
 
     # Stored in fp16 to halve the shipped size (loaders upcast to fp32; the gates run on the reloaded copy).

@@ -101,7 +101,9 @@ cat_names = sorted(set(pool_cats))
 gen_acc, gen_per_cat, samples = gates.generator_category_accuracy(
     pipe, encoder, tf, low_res_probe, cat_names, g.samples_per_category, seed=common_p.seed, steps=g.sample_steps,
     guidance=g.guidance)
-print(f"generator category accuracy {gen_acc:.3f}: {gen_per_cat}")
+gen_n = len(samples)
+gen_se = float(np.sqrt(gen_acc * (1 - gen_acc) / gen_n))  # the gate is a proportion of gen_n samples
+print(f"generator category accuracy {gen_acc:.3f} +- {gen_se:.3f} (n {gen_n}): {gen_per_cat}")
 # The same probe on real single-object val images (no distractors: what the prompt asks for), at the
 # same resolution: the judge's own ceiling. Samples can score no better than real photos do.
 single_val = [r for r in val_recs if "distractors" not in (r.test_split or "")]
@@ -154,13 +156,18 @@ write_card(TOYBOX_GENERATOR, "Toybox generator (Stable Diffusion 1.5 stand-in)",
            {"resolution": c.resolution,
             "data": f"toybox pool: {gen_train['train_images']} captioned images (the first "
                     f"{p.generator_pool_per_category} pool instances per category)",
-            "objective": "VAE: L1+MSE+1e-6 KL; UNet+text encoder: epsilon MSE"
+            "objective": f"VAE: L1+MSE+{c.vae_kl_weight:g} KL"
+                         + (f" on random {c.vae_crop}-px crops" if c.vae_crop else "")
+                         + "; UNet+text encoder: epsilon MSE"
                          + (f" with min-SNR weighting (gamma {c.snr_gamma:g})" if c.snr_gamma else "")
-                         + ", 10% empty captions, EMA",
+                         + f", {c.caption_dropout:.0%} empty captions"
+                         + (f", {c.category_caption:.0%} bare category captions" if c.category_caption else "")
+                         + ", EMA",
             "steps": f"vae {c.vae_steps} x {c.vae_batch}, unet {c.unet_steps} x {c.unet_batch}",
             "seed": common_p.seed, "parameters": gen_train["params"], "weights": "fp16 safetensors (upcast on load)",
             "train wall time (s)": gen_train["total_seconds"], "train CPU time (s, all threads)": gen_train["cpu_seconds"]},
            {"samples recognised as their category (gate >= 0.80)": gen_acc,
+            "  standard error (binomial, n samples)": gen_se,
             **{f"  {k}": v for k, v in gen_per_cat.items()},
             "reference: real single-object val images recognised by the same probe": real_ref,
             f"DreamBooth smoke ({db['instance']}): margin before": db["margin_before"],
@@ -197,7 +204,8 @@ fig.savefig("reports/figures/toybox_generator_samples.png", dpi=100, metadata={"
 metrics = {
     "encoder": {"category_probe_val_objects": acc_objects, "category_probe_val_scenes": acc_scenes,
                 "instance_retrieval_map_test": retrieval, "train_seconds": enc_train["seconds"]},
-    "generator": {"category_accuracy": gen_acc, "per_category": gen_per_cat, "real_reference_accuracy": real_ref,
+    "generator": {"category_accuracy": gen_acc, "category_accuracy_se": gen_se, "samples": gen_n,
+                  "per_category": gen_per_cat, "real_reference_accuracy": real_ref,
                   "train_seconds": gen_train["total_seconds"]},
     "dreambooth_smoke": {k: db[k] for k in ("margin_before", "margin_after", "cos_own_before", "cos_own_after")},
     "gates_seconds": seconds,

@@ -69,8 +69,8 @@ def test_save_result_snapshots_the_tracked_metrics(tmp_path, monkeypatch):
     params = json.loads((out / "params.json").read_text())
     assert params["dataset"] == "toybox" and params["method"] == "dreambooth" and params["headline"] is True
     assert params["guidance"] == 5.0 and params["description"] == "a test"
-    assert params["generator_weights"] == weights_fingerprint(ROOT / "models/toybox/generator") is not None
-    assert params["backbone_weights"] == weights_fingerprint(ROOT / "models/toybox/encoder") is not None
+    for key, folder in (("generator_weights", "generator"), ("backbone_weights", "encoder")):
+        assert params[key] is not None and params[key] == weights_fingerprint(ROOT / "models/toybox" / folder)
     assert json.loads((out / "evaluate.json").read_text())["metrics"]["classification"]["pretrained"] == 0.1
     with pytest.raises(ValueError, match="plain folder name"):
         save_result("../x", metrics_dir=metrics, results_dir=tmp_path / "results", params_file=ROOT / "params.yaml")

@@ -34,7 +34,7 @@ class GeneratorConfig:
     unet_lr: float = 1e-3
     snr_gamma: float | None = Field(5.0, gt=0)  # min-SNR loss weighting (None: plain epsilon MSE)
     caption_dropout: float = 0.1
-    # Share of training steps on which an image's caption is its bare category prompt ("a photo of a
+    # Share of training samples whose caption is replaced by the image's bare category prompt ("a photo of a
     # mug"): every toybox caption names a background, so without this the prompt the gates, the
     # DreamBooth class images and the negatives use is one the generator never saw (0: off).
     category_caption: float = Field(0.0, ge=0.0, le=1.0)

@@ -42,9 +42,10 @@ from prpg.paths import chdir_repo_root
 chdir_repo_root()
 
 from prpg.atomic import atomic_dir  # noqa: E402
+from prpg.data.images import load_mask  # noqa: E402
 from prpg.data.prepare import load_pool  # noqa: E402
 from prpg.models import TOYBOX_GENERATOR  # noqa: E402
-from prpg.params import parse_group  # noqa: E402
+from prpg.params import parse_group, resolve_device  # noqa: E402
 from prpg.zoo import gates  # noqa: E402
 from prpg.zoo.generator import pretrain_generator  # noqa: E402
 
@@ -58,6 +59,8 @@ records = [r for split in ("train", "test") for r in pool.images(split) if r.ins
 images = gates.load_images(records)
 captions = [pool.annotation(r)["caption"] for r in records]
 categories = [pool.instance(r.instance).category for r in records]
+# Object masks weight the denoising loss when pretrain.generator.object_weight > 1 (unused otherwise).
+masks = [load_mask(r.mask_path) for r in records] if p.generator.object_weight != 1.0 else None
 print(f"{len(images)} pool images of {len(keep)} instances; e.g. '{captions[0]}' | '{captions[-1]}'")
 
 # %% [markdown]
@@ -65,8 +68,9 @@ print(f"{len(images)} pool images of {len(keep)} instances; e.g. '{captions[0]}'
 
 # %%
 with atomic_dir(TOYBOX_GENERATOR) as out, tempfile.TemporaryDirectory() as work:
+    # Not setup_device: the stage pins OMP_NUM_THREADS=1 so generator and encoder train side by side.
     stats = pretrain_generator(images, captions, out, p.generator, seed=common_p.seed, work_dir=Path(work),
-                               categories=categories)
+                               categories=categories, masks=masks, device=resolve_device(common_p.device))
     losses = stats.pop("losses")
     (out / "training.json").write_text(json.dumps(stats, indent=2, sort_keys=True) + "\n")
 print(f"generator: {stats['total_seconds'] / 60:.1f} min wall, {stats['cpu_seconds'] / 60:.1f} min CPU; "

@@ -160,6 +160,7 @@ write_card(TOYBOX_GENERATOR, "Toybox generator (Stable Diffusion 1.5 stand-in)",
                          + (f" on random {c.vae_crop}-px crops" if c.vae_crop else "")
                          + "; UNet+text encoder: epsilon MSE"
                          + (f" with min-SNR weighting (gamma {c.snr_gamma:g})" if c.snr_gamma else "")
+                         + (f", object pixels weighted {c.object_weight:g}x" if c.object_weight != 1.0 else "")
                          + f", {c.caption_dropout:.0%} empty captions"
                          + (f", {c.category_caption:.0%} bare category captions" if c.category_caption else "")
                          + ", EMA",

@@ -120,9 +120,10 @@ def test_micro_pretraining_saves_loadable_models(tmp_path):
     enc = load_backbone(tmp_path / "enc")
     assert embed(enc, images, eval_transform(ecfg)).shape == (6, 32)
 
-    gcfg = GeneratorConfig(**TINY_GEN, vae_steps=2, vae_batch=2, unet_steps=2, unet_batch=2, category_caption=0.5)
+    gcfg = GeneratorConfig(**TINY_GEN, vae_steps=2, vae_batch=2, unet_steps=2, unet_batch=2, category_caption=0.5,
+                           object_weight=4.0)
     gstats = pretrain_generator(images, ["a photo of a mug on a wooden table"] * 6, tmp_path / "gen", gcfg, seed=0,
-                                work_dir=tmp_path / "w", categories=["mug"] * 6)
+                                work_dir=tmp_path / "w", categories=["mug"] * 6, masks=masks)
     assert len(gstats["losses"]["unet"]) == 2 and np.isfinite(gstats["unet_final_loss"])
     from safetensors import safe_open
 
@@ -219,6 +220,82 @@ def test_category_caption_needs_the_categories(tmp_path):
     cfg = GeneratorConfig(**TINY_GEN, category_caption=0.3)
     with pytest.raises(ValueError, match="one category per training image"):
         pretrain_generator([None] * 2, ["a photo of a mug"] * 2, tmp_path / "g", cfg, seed=0, work_dir=tmp_path)
+
+
+def test_latent_loss_weights_by_hand():
+    """Object coverage averaged over each latent's pixels: 1 on background, object_weight on the object."""
+    from prpg.zoo.generator import latent_loss_weights
+
+    cov = torch.zeros(1, 1, 4, 4)
+    cov[0, 0, :2, :2] = 1.0  # the top-left latent fully covered
+    cov[0, 0, 2, 2] = 1.0  # a quarter of the bottom-right latent covered
+    w = latent_loss_weights(cov, 2, object_weight=5.0)
+    assert torch.allclose(w[0, 0], torch.tensor([[5.0, 1.0], [1.0, 1.0 + 4.0 * 0.25]]))
+    assert torch.equal(latent_loss_weights(cov, 2, object_weight=1.0), torch.ones(1, 1, 2, 2))
+
+
+def test_weighted_mse_by_hand():
+    import torch.nn.functional as F
+
+    from prpg.zoo.generator import weighted_mse
+
+    pred = torch.zeros(2, 2, 1, 2)
+    target = torch.tensor([[[[1.0, 3.0]], [[1.0, 3.0]]], [[[2.0, 2.0]], [[2.0, 2.0]]]])
+    plain = weighted_mse(pred, target, None)
+    assert torch.allclose(plain, F.mse_loss(pred, target, reduction="none").mean(dim=(1, 2, 3)))
+    w = torch.tensor([[[[3.0, 1.0]]], [[[3.0, 1.0]]]])  # (N, 1, h, w): the first position weighs 3, over channels
+    # sample 0: errors 1 and 9 in both channels -> (3*1 + 1*9) / (3 + 1) = 3; sample 1: all errors 4 -> 4
+    assert torch.allclose(weighted_mse(pred, target, w), torch.tensor([3.0, 4.0]))
+
+
+def test_denoiser_weighs_each_sample_with_its_own_map(tmp_path, monkeypatch):
+    """The loss weights follow the images drawn for the batch (the first draw of each step's generator)."""
+    from prpg.zoo import generator as G
+
+    cfg = GeneratorConfig(**TINY_GEN, unet_steps=1, unet_batch=3, object_weight=2.0)
+    tok = build_clip_tokenizer(tmp_path / "tok", max_length=16)
+    pipe = G.build_pipeline(cfg, tok)
+    mean = torch.randn(5, cfg.latent_channels, 16, 16)
+    weights = torch.arange(5.0)[:, None, None, None].expand(5, 1, 16, 16) + 1  # image k weighs k + 1
+    seen = []
+    real = G.weighted_mse
+    monkeypatch.setattr(G, "weighted_mse", lambda p, t, w: seen.append(w) or real(p, t, w))
+    ids = G.tokenize(tok, ["a photo of a mug"] * 5)
+    G.train_denoiser(pipe, mean, torch.full_like(mean, 0.1), ids, G.tokenize(tok, [""])[0], cfg,
+                     torch.Generator().manual_seed(0), loss_weights=weights)
+    drawn = torch.randint(5, (3,), generator=torch.Generator().manual_seed(0))
+    assert torch.equal(seen[0][:, 0, 0, 0], drawn.float() + 1)
+
+
+def test_object_weight_needs_the_masks(tmp_path):
+    from prpg.zoo.generator import build_pipeline, pretrain_generator, tokenize, train_denoiser
+
+    with pytest.raises(ValueError, match="object_weight"):
+        GeneratorConfig(object_weight=0.5)
+    cfg = GeneratorConfig(**TINY_GEN, object_weight=3.0)
+    with pytest.raises(ValueError, match="one object mask per training image"):
+        pretrain_generator([None] * 2, ["a photo of a mug"] * 2, tmp_path / "g", cfg, seed=0, work_dir=tmp_path)
+    tok = build_clip_tokenizer(tmp_path / "tok", max_length=16)
+    mean = torch.randn(2, cfg.latent_channels, 16, 16)
+    with pytest.raises(ValueError, match="object masks"):
+        train_denoiser(build_pipeline(cfg, tok), mean, mean, tokenize(tok, ["a"] * 2), tokenize(tok, [""])[0], cfg,
+                       torch.Generator())
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_generator_pretraining_on_cuda_makes_the_cpu_draws(tmp_path):
+    """On a GPU the recipe draws its random numbers on the CPU generator too: the same batches and noise,
+    so the first losses agree with a CPU run up to floating-point differences."""
+    from PIL import Image
+
+    from prpg.zoo.generator import pretrain_generator
+
+    rng = np.random.default_rng(0)
+    images = [Image.fromarray(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)) for _ in range(4)]
+    cfg = GeneratorConfig(**TINY_GEN, vae_steps=2, vae_batch=2, unet_steps=2, unet_batch=2)
+    runs = [pretrain_generator(images, ["a photo of a mug"] * 4, tmp_path / d, cfg, seed=0, work_dir=tmp_path / f"w{d}",
+                               device=d)["losses"] for d in ("cpu", "cuda")]
+    assert np.allclose(runs[0]["vae"], runs[1]["vae"], rtol=1e-3) and np.allclose(runs[0]["unet"], runs[1]["unet"], rtol=1e-3)
 
 
 def _card_metrics(sub: str) -> dict:

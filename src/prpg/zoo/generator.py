@@ -69,6 +69,31 @@ def images_to_tensor(images, resolution: int) -> torch.Tensor:
     return torch.from_numpy(arr).permute(0, 3, 1, 2).float().div(127.5).sub(1.0)
 
 
+def masks_to_tensor(masks, resolution: int) -> torch.Tensor:
+    """Bool masks -> (N, 1, R, R) float coverage in [0, 1], area-downsampled like the images."""
+    from PIL import Image
+
+    arr = np.stack([np.asarray(Image.fromarray(np.asarray(m, np.uint8) * 255).resize((resolution, resolution), Image.BOX))
+                    for m in masks])
+    return torch.from_numpy(arr).float().div(255.0)[:, None]
+
+
+def latent_loss_weights(coverage: torch.Tensor, latent_size: int, object_weight: float) -> torch.Tensor:
+    """Per-latent loss weights (N, 1, h, w): 1 on background, `object_weight` where the object covers the
+    latent's pixels (linear in between). The pixel coverage is averaged over each latent's footprint."""
+    return 1.0 + (object_weight - 1.0) * F.adaptive_avg_pool2d(coverage, latent_size)
+
+
+def weighted_mse(pred: torch.Tensor, target: torch.Tensor, weights: torch.Tensor | None) -> torch.Tensor:
+    """Per-sample mean squared error; with `weights` (N, 1, h, w) a weighted mean over the latent positions,
+    normalised per sample so the loss keeps its scale (and the learning rate its meaning)."""
+    err = (pred - target).pow(2)
+    if weights is None:
+        return err.mean(dim=(1, 2, 3))
+    w = weights.expand_as(err)
+    return (err * w).sum(dim=(1, 2, 3)) / w.sum(dim=(1, 2, 3))
+
+
 def tokenize(tokenizer, prompts: list[str]) -> torch.Tensor:
     return tokenizer(prompts, padding="max_length", truncation=True, max_length=tokenizer.model_max_length,
                      return_tensors="pt").input_ids
@@ -89,18 +114,20 @@ def _cosine(opt, steps: int, warmup: int):
 def train_vae(vae, pixels: torch.Tensor, cfg: GeneratorConfig, generator: torch.Generator) -> list[float]:
     """Reconstruction (L1 + MSE) + a tiny KL, on whole images or random `vae_crop` crops; returns the per-step loss."""
     vae.train()
+    device = pixels.device  # random draws stay on the CPU generator: the same recipe gives the same draws anywhere
     opt = torch.optim.AdamW(vae.parameters(), lr=cfg.vae_lr, weight_decay=0.0)
     sched = _cosine(opt, cfg.vae_steps, 100)
     losses = []
     for _ in tqdm(range(cfg.vae_steps), desc="vae", mininterval=5):
         idx = torch.randint(len(pixels), (cfg.vae_batch,), generator=generator)
-        x = pixels[idx]
+        x = pixels[idx.to(device)]
         if cfg.vae_crop is not None and cfg.vae_crop < x.shape[-1]:
             # Fully convolutional: a crop is ~4x cheaper than the whole image and teaches the same decoder.
             i, j = (int(v) for v in torch.randint(0, x.shape[-1] - cfg.vae_crop + 1, (2,), generator=generator))
             x = x[:, :, i : i + cfg.vae_crop, j : j + cfg.vae_crop]
         post = vae.encode(x).latent_dist
-        rec = vae.decode(post.sample(generator=generator)).sample
+        z = post.mean + post.std * torch.randn(post.mean.shape, generator=generator).to(device)
+        rec = vae.decode(z).sample
         loss = F.l1_loss(rec, x) + F.mse_loss(rec, x) + cfg.vae_kl_weight * post.kl().mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -129,7 +156,7 @@ def min_snr_weights(noise_sched, t: torch.Tensor, gamma: float | None) -> torch.
     training budget on the noisy steps that lay out the object's shape, which is what tells a toybox
     category apart (the paper's SD 1.5 needs no such help)."""
     if gamma is None:
-        return torch.ones(len(t))
+        return torch.ones(len(t), device=t.device)
     from diffusers.training_utils import compute_snr
 
     snr = compute_snr(noise_sched, t)
@@ -137,17 +164,23 @@ def min_snr_weights(noise_sched, t: torch.Tensor, gamma: float | None) -> torch.
 
 
 def train_denoiser(pipe, latents_mean, latents_std, input_ids, empty_ids, cfg: GeneratorConfig,
-                   generator: torch.Generator, category_ids: torch.Tensor | None = None) -> list[float]:
+                   generator: torch.Generator, category_ids: torch.Tensor | None = None,
+                   loss_weights: torch.Tensor | None = None) -> list[float]:
     """UNet + text encoder on epsilon prediction; EMA weights are copied in at the end.
 
     `category_ids` (one row per image: its bare category prompt) replace the full caption on a
-    `cfg.category_caption` share of the samples, before the empty-caption dropout."""
+    `cfg.category_caption` share of the samples, before the empty-caption dropout. `loss_weights`
+    (N, 1, h, w), one map per image (latent_loss_weights), weigh the error per latent position."""
     if cfg.category_caption > 0 and category_ids is None:
         raise ValueError("pretrain.generator.category_caption > 0 needs the images' category prompts (category_ids)")
+    if cfg.object_weight != 1.0 and loss_weights is None:
+        raise ValueError("pretrain.generator.object_weight != 1 needs the images' object masks (loss_weights)")
     from diffusers import DDPMScheduler
 
     noise_sched = DDPMScheduler(**SCHEDULE)
     unet, text = pipe.unet, pipe.text_encoder
+    device = latents_mean.device  # random draws on the CPU generator, then moved: the same draws anywhere
+    input_ids, empty_ids = input_ids.cpu(), empty_ids.cpu()
     joint = torch.nn.ModuleDict({"unet": unet, "text": text})
     joint.train()
     ema = _ema(joint, cfg.ema_decay)
@@ -157,18 +190,19 @@ def train_denoiser(pipe, latents_mean, latents_std, input_ids, empty_ids, cfg: G
     losses = []
     for _ in tqdm(range(cfg.unet_steps), desc="unet", mininterval=5):
         idx = torch.randint(len(latents_mean), (cfg.unet_batch,), generator=generator)
-        eps0 = torch.randn(latents_mean[idx].shape, generator=generator)
-        z0 = (latents_mean[idx] + latents_std[idx] * eps0) * scale
+        on_dev = idx.to(device)
+        eps0 = torch.randn((len(idx), *latents_mean.shape[1:]), generator=generator).to(device)
+        z0 = (latents_mean[on_dev] + latents_std[on_dev] * eps0) * scale
         ids = input_ids[idx].clone()
         if cfg.category_caption > 0:  # no extra draw when off: the recipe without it stays bit-identical
             short = torch.rand(len(idx), generator=generator) < cfg.category_caption
             ids[short] = category_ids[idx][short]
         drop = torch.rand(len(idx), generator=generator) < cfg.caption_dropout
         ids[drop] = empty_ids
-        noise = torch.randn(z0.shape, generator=generator)
-        t = torch.randint(0, noise_sched.config.num_train_timesteps, (len(idx),), generator=generator)
-        pred = unet(noise_sched.add_noise(z0, noise, t), t, text(ids)[0]).sample
-        per_sample = F.mse_loss(pred, noise, reduction="none").mean(dim=(1, 2, 3))
+        noise = torch.randn(z0.shape, generator=generator).to(device)
+        t = torch.randint(0, noise_sched.config.num_train_timesteps, (len(idx),), generator=generator).to(device)
+        pred = unet(noise_sched.add_noise(z0, noise, t), t, text(ids.to(device))[0]).sample
+        per_sample = weighted_mse(pred, noise, None if loss_weights is None else loss_weights[on_dev])
         loss = (min_snr_weights(noise_sched, t, cfg.snr_gamma) * per_sample).mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -183,18 +217,22 @@ def train_denoiser(pipe, latents_mean, latents_std, input_ids, empty_ids, cfg: G
 
 
 def pretrain_generator(images, captions: list[str], out_dir: Path, cfg: GeneratorConfig, seed: int,
-                       work_dir: Path, categories: list[str] | None = None) -> dict:
+                       work_dir: Path, categories: list[str] | None = None, masks=None, device: str = "cpu") -> dict:
     """Train the whole generator and save it with save_pretrained; returns training stats.
-    `categories` (one per image) are needed when `cfg.category_caption` > 0."""
+    `categories` (one per image) are needed when `cfg.category_caption` > 0, `masks` (one bool object
+    mask per image) when `cfg.object_weight` != 1. The random draws are made on the CPU whatever the
+    `device`, so a GPU run follows the same recipe draw for draw."""
     if cfg.category_caption > 0 and (categories is None or len(categories) != len(images)):
         raise ValueError("pretrain.generator.category_caption > 0 needs one category per training image")
+    if cfg.object_weight != 1.0 and (masks is None or len(masks) != len(images)):
+        raise ValueError("pretrain.generator.object_weight != 1 needs one object mask per training image")
     from prpg.zoo.tokenizer import build_clip_tokenizer
 
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
     tokenizer = build_clip_tokenizer(work_dir / "tokenizer_src", max_length=cfg.max_length)
-    pipe = build_pipeline(cfg, tokenizer)
-    pixels = images_to_tensor(images, cfg.resolution)
+    pipe = build_pipeline(cfg, tokenizer).to(device)
+    pixels = images_to_tensor(images, cfg.resolution).to(device)
 
     t0, cpu0 = time.perf_counter(), time.process_time()
     vae_losses = train_vae(pipe.vae, pixels, cfg, gen)
@@ -207,7 +245,9 @@ def pretrain_generator(images, captions: list[str], out_dir: Path, cfg: Generato
     empty_ids = tokenize(tokenizer, [""])[0]
     category_ids = None if categories is None else tokenize(
         tokenizer, [CATEGORY_PROMPT.format(category=c) for c in categories])
-    unet_losses = train_denoiser(pipe, mean, std, input_ids, empty_ids, cfg, gen, category_ids)
+    weights = None if cfg.object_weight == 1.0 else latent_loss_weights(
+        masks_to_tensor(masks, cfg.resolution), mean.shape[-1], cfg.object_weight).to(device)
+    unet_losses = train_denoiser(pipe, mean, std, input_ids, empty_ids, cfg, gen, category_ids, weights)
     t_total = time.perf_counter() - t0
 
     # Stored in fp16 to halve the shipped size (loaders upcast to fp32; the gates run on the reloaded copy).

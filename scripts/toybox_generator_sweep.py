@@ -45,6 +45,8 @@ VARIANTS = {
     "f8w48_single": dict(F8, unet_steps=6700, data="single"),
     "v1_obj4": dict(V1, object_weight=4.0),
     "v1_obj10": dict(V1, object_weight=10.0),
+    "v1_obj20": dict(V1, object_weight=20.0),
+    "v1_obj10_lr2e-3": dict(V1, object_weight=10.0, unet_lr=2e-3),
 }
 
 

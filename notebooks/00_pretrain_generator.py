@@ -59,8 +59,10 @@ records = [r for split in ("train", "test") for r in pool.images(split) if r.ins
 images = gates.load_images(records)
 captions = [pool.annotation(r)["caption"] for r in records]
 categories = [pool.instance(r.instance).category for r in records]
-# Object masks weight the denoising loss when pretrain.generator.object_weight > 1 (unused otherwise).
-masks = [load_mask(r.mask_path) for r in records] if p.generator.object_weight != 1.0 else None
+# Object masks weight the denoising loss (pretrain.generator.object_weight > 1) and place the object
+# close-ups (object_zoom); unused otherwise.
+use_masks = p.generator.object_weight != 1.0 or p.generator.object_zoom is not None
+masks = [load_mask(r.mask_path) for r in records] if use_masks else None
 print(f"{len(images)} pool images of {len(keep)} instances; e.g. '{captions[0]}' | '{captions[-1]}'")
 
 # %% [markdown]

@@ -41,6 +41,7 @@ from pathlib import Path
 
 import matplotlib.pyplot as plt
 import numpy as np
+from PIL import Image
 
 from prpg.paths import chdir_repo_root
 
@@ -55,6 +56,7 @@ from prpg.params import parse_group  # noqa: E402
 from prpg.zoo import gates  # noqa: E402
 from prpg.zoo.card import write_card  # noqa: E402
 from prpg.zoo.encoder import eval_transform  # noqa: E402
+from prpg.zoo.generator import object_closeups  # noqa: E402
 
 common_p = parse_group("common", common)
 data_p = parse_group("data", data)
@@ -110,6 +112,17 @@ single_val = [r for r in val_recs if "distractors" not in (r.test_split or "")]
 real_ref = gates.category_probe_accuracy(low_res_probe, gates.embed(encoder, gates.load_images(single_val, res), tf),
                                          [world.instance(r.instance).category for r in single_val])
 print(f"reference: the probe on {len(single_val)} real single-object val images at {res} px: {real_ref:.3f}")
+# With object close-ups in the generator's training data (pretrain.generator.object_zoom), samples show objects
+# larger than whole scenes do; the same probe on real val photos cut the same way is the matching reference.
+closeup_ref = None
+if p.generator.object_zoom:
+    zoomed, _ = object_closeups(gates.load_images(single_val), [load_mask(r.mask_path) for r in single_val],
+                                p.generator.object_zoom, common_p.seed)
+    closeup_ref = gates.category_probe_accuracy(
+        low_res_probe, gates.embed(encoder, [im.resize((res, res), Image.BOX) for im in zoomed], tf),
+        [world.instance(r.instance).category for r in single_val])
+    print(f"reference: the probe on the same photos as object close-ups (object_zoom {p.generator.object_zoom}): "
+          f"{closeup_ref:.3f}")
 
 # %% [markdown]
 # ## DreamBooth smoke test on one instance (the shipped generator is not modified)
@@ -154,8 +167,10 @@ write_card(TOYBOX_GENERATOR, "Toybox generator (Stable Diffusion 1.5 stand-in)",
            "SD 1.5's architecture, shrunk: CLIP tokenizer (real CLIP BPE ids) + CLIPTextModel, AutoencoderKL, "
            "UNet2DConditionModel, PNDM. Load with `prpg.models.load_generator('models/toybox/generator')`.",
            {"resolution": c.resolution,
-            "data": f"toybox pool: {gen_train['train_images']} captioned images (the first "
-                    f"{p.generator_pool_per_category} pool instances per category)",
+            "data": f"toybox pool: {gen_train['train_images'] // (2 if c.object_zoom else 1)} captioned images (the first "
+                    f"{p.generator_pool_per_category} pool instances per category)"
+                    + (f" + one object close-up each (square, {c.object_zoom[0]:g}-{c.object_zoom[1]:g}x the object "
+                       "box, same caption)" if c.object_zoom else ""),
             "objective": f"VAE: L1+MSE+{c.vae_kl_weight:g} KL"
                          + (f" on random {c.vae_crop}-px crops" if c.vae_crop else "")
                          + "; UNet+text encoder: epsilon MSE"
@@ -171,6 +186,7 @@ write_card(TOYBOX_GENERATOR, "Toybox generator (Stable Diffusion 1.5 stand-in)",
             "  standard error (binomial, n samples)": gen_se,
             **{f"  {k}": v for k, v in gen_per_cat.items()},
             "reference: real single-object val images recognised by the same probe": real_ref,
+            **({"reference: the same photos as object close-ups, same probe": closeup_ref} if closeup_ref else {}),
             f"DreamBooth smoke ({db['instance']}): margin before": db["margin_before"],
             f"DreamBooth smoke ({db['instance']}): margin after": db["margin_after"],
             "final unet loss": gen_train["unet_final_loss"], "final vae loss": gen_train["vae_final_loss"]}, regen)
@@ -193,7 +209,8 @@ for k in range(8):
         axes[-1, k].imshow(db["samples_after"][k])
 axes[-1, 0].set_title(f"after DreamBooth on {db['instance']}", fontsize=8, loc="left")
 fig.suptitle(f"toybox generator samples (CFG {g.guidance}, {g.sample_steps} steps); {gen_acc:.0%} recognised "
-             f"by the category probe (real single-object photos: {real_ref:.0%})", fontsize=9)
+             f"by the category probe (real single-object photos: {real_ref:.0%}"
+             + (f", as close-ups: {closeup_ref:.0%})" if closeup_ref else ")"), fontsize=9)
 fig.tight_layout()
 Path("reports/figures").mkdir(parents=True, exist_ok=True)
 fig.savefig("reports/figures/toybox_generator_samples.png", dpi=100, metadata={"Software": None})
@@ -207,6 +224,7 @@ metrics = {
                 "instance_retrieval_map_test": retrieval, "train_seconds": enc_train["seconds"]},
     "generator": {"category_accuracy": gen_acc, "category_accuracy_se": gen_se, "samples": gen_n,
                   "per_category": gen_per_cat, "real_reference_accuracy": real_ref,
+                  **({"real_closeup_reference_accuracy": closeup_ref} if closeup_ref else {}),
                   "train_seconds": gen_train["total_seconds"]},
     "dreambooth_smoke": {k: db[k] for k in ("margin_before", "margin_after", "cos_own_before", "cos_own_after")},
     "gates_seconds": seconds,

@@ -47,6 +47,11 @@ VARIANTS = {
     "v1_obj10": dict(V1, object_weight=10.0),
     "v1_obj20": dict(V1, object_weight=20.0),
     "v1_obj10_lr2e-3": dict(V1, object_weight=10.0, unet_lr=2e-3),
+    # Close-ups (object_zoom) are cut from the full-resolution pool images: `run` needs outputs/pool.
+    "v1_zoom": dict(V1, object_zoom=(1.2, 2.0)),
+    "v1_zoom_obj10": dict(V1, object_zoom=(1.2, 2.0), object_weight=10.0),
+    "v1_zoom_obj20": dict(V1, object_zoom=(1.2, 2.0), object_weight=20.0),
+    "v1_zoomtight_obj10": dict(V1, object_zoom=(1.1, 1.5), object_weight=10.0),
 }
 
 
@@ -98,6 +103,28 @@ def pack(out: Path) -> None:
     print(f"{out}: {len(records)} images, {out.stat().st_size / 1e6:.1f} MB")
 
 
+def closeups(cfg, seed: int, captions: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    """The object close-ups pretrain_generator adds (GeneratorConfig.object_zoom) at the generator's resolution:
+    uint8 images (N, R, R, 3) and mask coverage (N, R, R), in the pack's order (checked on the captions)."""
+    import torch
+
+    from prpg.data.images import load_mask
+    from prpg.data.prepare import load_pool
+    from prpg.zoo import gates
+    from prpg.zoo.generator import images_to_tensor, masks_to_tensor, object_closeups
+
+    data_p, p = load_config()
+    pool = load_pool(data_p)
+    keep = {i.name for c in pool.categories for i in pool.instances_in(category=c)[: p.generator_pool_per_category]}
+    records = [r for split in ("train", "test") for r in pool.images(split) if r.instance in keep]
+    assert [pool.annotation(r)["caption"] for r in records] == captions, "the pack is not of this pool: pack again"
+    crops, masks = object_closeups(gates.load_images(records), [load_mask(r.mask_path) for r in records],
+                                   cfg.object_zoom, seed)
+    pixels = images_to_tensor(crops, cfg.resolution)
+    uint8 = pixels.add(1).mul(127.5).round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy()
+    return uint8, masks_to_tensor(masks, cfg.resolution)[:, 0].mul(255).round().to(torch.uint8).numpy()
+
+
 def all_level_attention(pipe, cfg) -> None:
     """Swap in a UNet with cross-attention at every level (the shipped one has none at the top)."""
     from diffusers import UNet2DConditionModel
@@ -133,6 +160,13 @@ def run_variant(name: str, pack_path: Path, out_dir: Path, device: str, seed: in
                        for a, b in zip(np.r_[0, ends[:-1]], ends, strict=True)])
     keep = np.ones(len(images), bool) if data == "all" else np.char.find(z["splits"], "distractors") < 0
     images, captions = images[keep], [str(c) for c in z["captions"][keep]]
+    coverage, categories = z["coverage"][keep], z["categories"][keep]
+    n_scenes = len(images)
+    if cfg.object_zoom:  # as pretrain_generator does, from the full-resolution pool images
+        assert data == "all", "object_zoom with data: single is not wired"
+        crops, crop_cov = closeups(cfg, seed, captions)
+        images, coverage = np.concatenate([images, crops]), np.concatenate([coverage, crop_cov])
+        captions, categories = captions * 2, np.concatenate([categories, categories])
 
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
@@ -158,8 +192,8 @@ def run_variant(name: str, pack_path: Path, out_dir: Path, device: str, seed: in
         return [Image.fromarray(a) for a in ((x.clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 2, 3, 1).cpu().numpy()]
 
     # How much of what the judge needs survives the VAE alone (printed at once: a bad VAE ends the variant early).
-    probe_idx = np.linspace(0, len(images) - 1, 240).astype(int)  # every category, spread over the data
-    probe_truth = z["categories"][keep][probe_idx]
+    probe_idx = np.linspace(0, n_scenes - 1, 240).astype(int)  # every category, spread over the whole scenes
+    probe_truth = categories[probe_idx]
     with torch.no_grad():
         recon = pipe.vae.decode(mean[torch.from_numpy(probe_idx).to(device)]).sample
     recon_acc = float(np.mean(judge(to_pil(recon)) == probe_truth))
@@ -168,7 +202,7 @@ def run_variant(name: str, pack_path: Path, out_dir: Path, device: str, seed: in
     print(f"{name}: VAE {time.perf_counter() - t0:.0f} s, reconstructions judged {recon_acc:.3f} "
           f"(real {real_acc:.3f}), L1 {recon_l1:.4f}", flush=True)
     weights = None if cfg.object_weight == 1.0 else G.latent_loss_weights(
-        torch.from_numpy(z["coverage"][keep]).float().div(255)[:, None], mean.shape[-1], cfg.object_weight).to(device)
+        torch.from_numpy(coverage).float().div(255)[:, None], mean.shape[-1], cfg.object_weight).to(device)
     unet_losses = G.train_denoiser(pipe, mean, std, G.tokenize(tokenizer, captions), G.tokenize(tokenizer, [""])[0],
                                    cfg, gen, loss_weights=weights)
     seconds = time.perf_counter() - t0

@@ -192,6 +192,10 @@ def test_pretraining_recipe_runs_at_micro_scale(tmp_path):
     assert (repo / "models/toybox/generator/unet/diffusion_pytorch_model.safetensors").is_file()
     metrics = json.loads((repo / "reports/metrics/toybox_models.json").read_text())
     assert set(metrics) >= {"encoder", "generator", "dreambooth_smoke"}
+    # MICRO_PRETRAIN turns the object close-ups on: the gates judge real close-ups too, and the card says so
+    assert 0.0 <= metrics["generator"]["real_closeup_reference_accuracy"] <= 1.0
+    card = json.loads((repo / "models/toybox/generator/card.json").read_text())
+    assert "object close-up each" in card["facts"]["data"]
 
 
 @needs_models

@@ -121,10 +121,11 @@ def test_micro_pretraining_saves_loadable_models(tmp_path):
     assert embed(enc, images, eval_transform(ecfg)).shape == (6, 32)
 
     gcfg = GeneratorConfig(**TINY_GEN, vae_steps=2, vae_batch=2, unet_steps=2, unet_batch=2, category_caption=0.5,
-                           object_weight=4.0)
+                           object_weight=4.0, object_zoom=(1.2, 2.0))
     gstats = pretrain_generator(images, ["a photo of a mug on a wooden table"] * 6, tmp_path / "gen", gcfg, seed=0,
                                 work_dir=tmp_path / "w", categories=["mug"] * 6, masks=masks)
     assert len(gstats["losses"]["unet"]) == 2 and np.isfinite(gstats["unet_final_loss"])
+    assert gstats["train_images"] == 12  # 6 scenes + their 6 object close-ups
     from safetensors import safe_open
 
     with safe_open(str(tmp_path / "gen/unet/diffusion_pytorch_model.safetensors"), "pt") as f:
@@ -280,6 +281,51 @@ def test_object_weight_needs_the_masks(tmp_path):
     with pytest.raises(ValueError, match="object masks"):
         train_denoiser(build_pipeline(cfg, tok), mean, mean, tokenize(tok, ["a"] * 2), tokenize(tok, [""])[0], cfg,
                        torch.Generator())
+
+
+def test_object_closeup_box_by_hand():
+    from prpg.zoo.generator import object_closeup_box
+
+    mask = np.zeros((60, 100), bool)
+    mask[20:30, 42:48] = True  # box x 42..48, y 20..30: longer side 10
+    assert object_closeup_box(mask, 2.0) == (35, 15, 55, 35)  # side 20, centred on (45, 25)
+    corner = np.zeros((60, 100), bool)
+    corner[0:20, 0:10] = True
+    assert object_closeup_box(corner, 2.0) == (0, 0, 40, 40)  # side 40, shifted inside the image
+    assert object_closeup_box(corner, 10.0) == (0, 0, 60, 60)  # capped at the shorter side
+    with pytest.raises(ValueError, match="mask is empty"):
+        object_closeup_box(np.zeros((8, 8), bool), 1.5)
+
+
+def test_object_closeups_are_seeded_and_cut_image_and_mask_alike():
+    from PIL import Image
+
+    from prpg.zoo.generator import object_closeups
+
+    rng = np.random.default_rng(0)
+    arrays = [rng.integers(0, 255, (64, 64, 3), dtype=np.uint8) for _ in range(5)]
+    masks = [np.zeros((64, 64), bool) for _ in range(5)]
+    for k, m in enumerate(masks):
+        m[20 + k : 30 + k, 24:36] = True  # longer side 12
+    crops, crop_masks = object_closeups([Image.fromarray(a) for a in arrays], masks, (1.2, 2.0), seed=3)
+    again, _ = object_closeups([Image.fromarray(a) for a in arrays], masks, (1.2, 2.0), seed=3)
+    assert [c.size for c in crops] == [c.size for c in again]
+    for crop, cm, a, m in zip(crops, crop_masks, arrays, masks, strict=True):
+        assert crop.size[0] == crop.size[1] and 12 * 1.2 - 1 <= crop.size[0] <= 12 * 2.0 + 1
+        assert cm.sum() == m.sum()  # the whole object is inside its close-up
+        # the crop's offset in the image, from where the object sits in each mask: the pixels are that window's
+        top, left = np.argwhere(m)[0] - np.argwhere(cm)[0]
+        side = crop.size[0]
+        assert np.array_equal(np.asarray(crop), a[top : top + side, left : left + side])
+    sizes = {c.size[0] for c in object_closeups([Image.fromarray(a) for a in arrays], masks, (1.2, 2.0), seed=4)[0]}
+    assert sizes != {c.size[0] for c in crops}  # another seed, other factors
+    with pytest.raises(ValueError, match="object_zoom"):
+        GeneratorConfig(object_zoom=(2.0, 1.2))
+    with pytest.raises(ValueError, match="one object mask per training image"):
+        from prpg.zoo.generator import pretrain_generator
+
+        pretrain_generator([None] * 2, ["a"] * 2, Path("unused"), GeneratorConfig(**TINY_GEN, object_zoom=(1.2, 2.0)),
+                           seed=0, work_dir=Path("unused"))
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")

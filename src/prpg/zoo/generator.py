@@ -78,6 +78,36 @@ def masks_to_tensor(masks, resolution: int) -> torch.Tensor:
     return torch.from_numpy(arr).float().div(255.0)[:, None]
 
 
+def object_closeup_box(mask, factor: float) -> tuple[int, int, int, int]:
+    """Square box around the mask's object, side `factor` x the object box's longer side, shifted to lie
+    inside the image (and no larger than its shorter side)."""
+    from prpg.data.images import mask_to_box
+
+    mask = np.asarray(mask, bool)
+    box = mask_to_box(mask)
+    if box is None:
+        raise ValueError("object close-up of an image whose mask is empty")
+    h, w = mask.shape
+    x0, y0, x1, y1 = box
+    side = min(round(max(x1 - x0, y1 - y0) * factor), h, w)
+    left = min(max(round((x0 + x1 - side) / 2), 0), w - side)
+    top = min(max(round((y0 + y1 - side) / 2), 0), h - side)
+    return left, top, left + side, top + side
+
+
+def object_closeups(images, masks, zoom: tuple[float, float], seed: int) -> tuple[list, list]:
+    """One close-up per image (and its mask), the factor drawn uniformly from `zoom` (GeneratorConfig.object_zoom)."""
+    from PIL import Image
+
+    factors = np.random.default_rng(seed).uniform(*zoom, size=len(images))
+    crops, crop_masks = [], []
+    for im, m, f in zip(images, masks, factors, strict=True):
+        x0, y0, x1, y1 = object_closeup_box(m, float(f))
+        crops.append(im.crop((x0, y0, x1, y1)) if isinstance(im, Image.Image) else im[y0:y1, x0:x1])
+        crop_masks.append(np.asarray(m, bool)[y0:y1, x0:x1])
+    return crops, crop_masks
+
+
 def latent_loss_weights(coverage: torch.Tensor, latent_size: int, object_weight: float) -> torch.Tensor:
     """Per-latent loss weights (N, 1, h, w): 1 on background, `object_weight` where the object covers the
     latent's pixels (linear in between). The pixel coverage is averaged over each latent's footprint."""
@@ -220,14 +250,18 @@ def pretrain_generator(images, captions: list[str], out_dir: Path, cfg: Generato
                        work_dir: Path, categories: list[str] | None = None, masks=None, device: str = "cpu") -> dict:
     """Train the whole generator and save it with save_pretrained; returns training stats.
     `categories` (one per image) are needed when `cfg.category_caption` > 0, `masks` (one bool object
-    mask per image) when `cfg.object_weight` != 1. The random draws are made on the CPU whatever the
+    mask per image) when `cfg.object_weight` != 1 or `cfg.object_zoom` is set. The random draws are made on the CPU whatever the
     `device`, so a GPU run follows the same recipe draw for draw."""
     if cfg.category_caption > 0 and (categories is None or len(categories) != len(images)):
         raise ValueError("pretrain.generator.category_caption > 0 needs one category per training image")
-    if cfg.object_weight != 1.0 and (masks is None or len(masks) != len(images)):
-        raise ValueError("pretrain.generator.object_weight != 1 needs one object mask per training image")
+    if (cfg.object_weight != 1.0 or cfg.object_zoom) and (masks is None or len(masks) != len(images)):
+        raise ValueError("pretrain.generator.object_weight != 1 and object_zoom need one object mask per training image")
     from prpg.zoo.tokenizer import build_clip_tokenizer
 
+    if cfg.object_zoom:  # close-ups join the whole scenes, with their captions (and categories)
+        crops, crop_masks = object_closeups(images, masks, cfg.object_zoom, seed)
+        images, masks, captions = [*images, *crops], [*masks, *crop_masks], [*captions, *captions]
+        categories = None if categories is None else [*categories, *categories]
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
     tokenizer = build_clip_tokenizer(work_dir / "tokenizer_src", max_length=cfg.max_length)

@@ -64,25 +64,39 @@ def load_config(params: Path = Path("params.yaml")):
     return parse_group("data", raw["data"]), parse_group("pretrain", raw["pretrain"])
 
 
+def generator_records():
+    """The pool, the pretrain params and the generator's training records, as notebooks/00_pretrain_generator.py
+    selects them."""
+    from prpg.data.prepare import load_pool
+
+    data_p, p = load_config()
+    pool = load_pool(data_p)
+    keep = {i.name for c in pool.categories for i in pool.instances_in(category=c)[: p.generator_pool_per_category]}
+    return pool, p, [r for split in ("train", "test") for r in pool.images(split) if r.instance in keep]
+
+
+def to_uint8(pixels) -> np.ndarray:
+    """(N, 3, R, R) in [-1, 1] -> (N, R, R, 3) uint8."""
+    import torch
+
+    return pixels.add(1).mul(127.5).round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy()
+
+
 def pack(out: Path) -> None:
     """The generator's training images (as notebooks/00_pretrain_generator.py selects them) + the gate's probe."""
     import torch
     from PIL import Image
 
     from prpg.data.images import load_mask
-    from prpg.data.prepare import load_pool
     from prpg.models import TOYBOX_ENCODER, load_backbone
     from prpg.zoo import gates
     from prpg.zoo.encoder import eval_transform
     from prpg.zoo.generator import images_to_tensor, masks_to_tensor
 
-    data_p, p = load_config()
-    pool = load_pool(data_p)
-    keep = {i.name for c in pool.categories for i in pool.instances_in(category=c)[: p.generator_pool_per_category]}
-    records = [r for split in ("train", "test") for r in pool.images(split) if r.instance in keep]
+    pool, p, records = generator_records()
     pixels = images_to_tensor(gates.load_images(records), p.generator.resolution)
     coverage = masks_to_tensor([load_mask(r.mask_path) for r in records], p.generator.resolution)
-    uint8 = pixels.add(1).mul(127.5).round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy()
+    uint8 = to_uint8(pixels)
     # The gate's probe: fit on every pool scene at the generator's resolution (00_zoo_gates.py).
     all_recs = [r for s in ("train", "test") for r in pool.images(s)]
     encoder, tf = load_backbone(TOYBOX_ENCODER), eval_transform(p.encoder)
@@ -109,20 +123,15 @@ def closeups(cfg, seed: int, captions: list[str]) -> tuple[np.ndarray, np.ndarra
     import torch
 
     from prpg.data.images import load_mask
-    from prpg.data.prepare import load_pool
     from prpg.zoo import gates
     from prpg.zoo.generator import images_to_tensor, masks_to_tensor, object_closeups
 
-    data_p, p = load_config()
-    pool = load_pool(data_p)
-    keep = {i.name for c in pool.categories for i in pool.instances_in(category=c)[: p.generator_pool_per_category]}
-    records = [r for split in ("train", "test") for r in pool.images(split) if r.instance in keep]
+    pool, _, records = generator_records()
     assert [pool.annotation(r)["caption"] for r in records] == captions, "the pack is not of this pool: pack again"
     crops, masks = object_closeups(gates.load_images(records), [load_mask(r.mask_path) for r in records],
                                    cfg.object_zoom, seed)
-    pixels = images_to_tensor(crops, cfg.resolution)
-    uint8 = pixels.add(1).mul(127.5).round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy()
-    return uint8, masks_to_tensor(masks, cfg.resolution)[:, 0].mul(255).round().to(torch.uint8).numpy()
+    coverage = masks_to_tensor(masks, cfg.resolution)[:, 0].mul(255).round().to(torch.uint8).numpy()
+    return to_uint8(images_to_tensor(crops, cfg.resolution)), coverage
 
 
 def all_level_attention(pipe, cfg) -> None:

@@ -53,7 +53,8 @@ class GeneratorConfig:
     @classmethod
     def _zoom_range(cls, v):
         if v is not None and not 1.0 <= v[0] <= v[1]:
-            raise ValueError(f"object_zoom must be (lo, hi) with 1 <= lo <= hi (the crop's side over the object box's), got {v}")
+            raise ValueError(f"object_zoom must be (lo, hi) with 1 <= lo <= hi (the crop's side over the object "
+                             f"box's), got {v}")
         return v
 
 

@@ -96,14 +96,13 @@ def object_closeup_box(mask, factor: float) -> tuple[int, int, int, int]:
 
 
 def object_closeups(images, masks, zoom: tuple[float, float], seed: int) -> tuple[list, list]:
-    """One close-up per image (and its mask), the factor drawn uniformly from `zoom` (GeneratorConfig.object_zoom)."""
-    from PIL import Image
-
+    """One close-up per PIL image (and its mask), the factor drawn uniformly from `zoom`
+    (GeneratorConfig.object_zoom)."""
     factors = np.random.default_rng(seed).uniform(*zoom, size=len(images))
     crops, crop_masks = [], []
     for im, m, f in zip(images, masks, factors, strict=True):
         x0, y0, x1, y1 = object_closeup_box(m, float(f))
-        crops.append(im.crop((x0, y0, x1, y1)) if isinstance(im, Image.Image) else im[y0:y1, x0:x1])
+        crops.append(im.crop((x0, y0, x1, y1)))
         crop_masks.append(np.asarray(m, bool)[y0:y1, x0:x1])
     return crops, crop_masks
 
@@ -250,12 +249,13 @@ def pretrain_generator(images, captions: list[str], out_dir: Path, cfg: Generato
                        work_dir: Path, categories: list[str] | None = None, masks=None, device: str = "cpu") -> dict:
     """Train the whole generator and save it with save_pretrained; returns training stats.
     `categories` (one per image) are needed when `cfg.category_caption` > 0, `masks` (one bool object
-    mask per image) when `cfg.object_weight` != 1 or `cfg.object_zoom` is set. The random draws are made on the CPU whatever the
-    `device`, so a GPU run follows the same recipe draw for draw."""
+    mask per image) when `cfg.object_weight` != 1 or `cfg.object_zoom` is set. The random draws are made
+    on the CPU whatever the `device`, so a GPU run follows the same recipe draw for draw."""
     if cfg.category_caption > 0 and (categories is None or len(categories) != len(images)):
         raise ValueError("pretrain.generator.category_caption > 0 needs one category per training image")
     if (cfg.object_weight != 1.0 or cfg.object_zoom) and (masks is None or len(masks) != len(images)):
-        raise ValueError("pretrain.generator.object_weight != 1 and object_zoom need one object mask per training image")
+        raise ValueError("pretrain.generator.object_weight != 1 and object_zoom need one object mask per "
+                         "training image")
     from prpg.zoo.tokenizer import build_clip_tokenizer
 
     if cfg.object_zoom:  # close-ups join the whole scenes, with their captions (and categories)

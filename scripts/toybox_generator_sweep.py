@@ -52,7 +52,11 @@ VARIANTS = {
     "v1_zoom_obj10": dict(V1, object_zoom=(1.2, 2.0), object_weight=10.0),
     "v1_zoom_obj20": dict(V1, object_zoom=(1.2, 2.0), object_weight=20.0),
     "v1_zoomtight_obj10": dict(V1, object_zoom=(1.1, 1.5), object_weight=10.0),
+    # object_region "box": the weight covers each object's mask box (a tote's handle arc and what shows through).
+    "v1_zoom_box10": dict(V1, object_zoom=(1.2, 2.0), object_weight=10.0, object_region="box"),
+    "v1_zoom_box20": dict(V1, object_zoom=(1.2, 2.0), object_weight=20.0, object_region="box"),
 }
+
 
 
 def load_config(params: Path = Path("params.yaml")):
@@ -176,6 +180,8 @@ def run_variant(name: str, pack_path: Path, out_dir: Path, device: str, seed: in
         crops, crop_cov = closeups(cfg, seed, captions)
         images, coverage = np.concatenate([images, crops]), np.concatenate([coverage, crop_cov])
         captions, categories = captions * 2, np.concatenate([categories, categories])
+    if cfg.object_region == "box":  # the box of each 64-px coverage map (pretrain_generator: of the full mask)
+        coverage = np.stack([G.fill_mask_box(c > 0) for c in coverage]).astype(np.uint8) * 255
 
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)

@@ -26,9 +26,9 @@ MICRO_TOYBOX = {
 
 MICRO_PRETRAIN = {
     "encoder": {"steps": 3, "batch": 4},
-    # object_weight > 1 and object_zoom: the notebook reads the pool masks and adds the close-ups (optional paths run too).
+    # object_weight > 1 (on object boxes) and object_zoom: the notebook reads the pool masks and adds the close-ups (optional paths run too).
     "generator": {"vae_steps": 3, "vae_batch": 2, "unet_steps": 3, "unet_batch": 2, "object_weight": 2.0,
-                  "object_zoom": [1.2, 2.0]},
+                  "object_region": "box", "object_zoom": [1.2, 2.0]},
     "dreambooth": {"steps": 2},
     "gates": {"samples_per_category": 1, "sample_steps": 2, "dreambooth_instance": "mug_01",
               "dreambooth_class_images": 1, "dreambooth_samples": 1},

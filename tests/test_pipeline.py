@@ -194,8 +194,10 @@ def test_pretraining_recipe_runs_at_micro_scale(tmp_path):
     assert set(metrics) >= {"encoder", "generator", "dreambooth_smoke"}
     # MICRO_PRETRAIN turns the object close-ups on: the gates judge real close-ups too, and the card says so
     assert 0.0 <= metrics["generator"]["real_closeup_reference_accuracy"] <= 1.0
+    assert 0.0 <= metrics["generator"]["real_usual_pose_reference_accuracy"] <= 1.0
     card = json.loads((repo / "models/toybox/generator/card.json").read_text())
     assert "object close-up each" in card["facts"]["data"]
+    assert "object boxes weighted 2x" in card["facts"]["objective"]
 
 
 @needs_models

@@ -41,6 +41,15 @@ def test_retrieval_map_matches_hand_computation():
     assert gates.retrieval_map(q, ["a", "b"], g, ["a", "b", "c"]) == pytest.approx(ref)
 
 
+def test_usual_pose_keeps_train_images_and_the_in_distribution_split():
+    from prpg.data.dataset import ImageRecord
+
+    recs = [ImageRecord(Path(f"{k}.jpg"), "mug_01", split, None, ts) for k, (split, ts) in enumerate(
+        [("train", None), ("test", "in_distribution"), ("test", "pose"), ("test", "distractors"),
+         ("test", "pose_and_distractors"), ("test", None)])]
+    assert [r.path.stem for r in gates.usual_pose(recs)] == ["0", "1"]
+
+
 def test_instance_margin_hand_computed():
     f = torch.tensor([[1.0, 0.0]])
     own = torch.tensor([[1.0, 0.0], [0.6, 0.8]])
@@ -281,6 +290,45 @@ def test_object_weight_needs_the_masks(tmp_path):
     with pytest.raises(ValueError, match="object masks"):
         train_denoiser(build_pipeline(cfg, tok), mean, mean, tokenize(tok, ["a"] * 2), tokenize(tok, [""])[0], cfg,
                        torch.Generator())
+
+
+def test_fill_mask_box_by_hand():
+    from prpg.zoo.generator import fill_mask_box
+
+    mask = np.zeros((5, 6), bool)
+    mask[1, 1] = mask[3, 4] = True  # a tote's two handle ends: the box spans the arc between them
+    want = np.zeros((5, 6), bool)
+    want[1:4, 1:5] = True
+    assert np.array_equal(fill_mask_box(mask), want)
+    assert not fill_mask_box(np.zeros((3, 3), bool)).any()
+
+
+@pytest.mark.parametrize("region", ["mask", "box"])
+def test_object_region_chooses_what_the_loss_weighs(tmp_path, monkeypatch, region):
+    from PIL import Image
+
+    from prpg.zoo import generator as G
+
+    cfg = GeneratorConfig(**TINY_GEN, vae_steps=1, object_weight=3.0, object_region=region)
+    mask = np.zeros((32, 32), bool)
+    mask[4:12, 4:8] = mask[4:12, 20:24] = True  # two bars 8 px apart: the box also covers the gap
+    seen = {}
+
+    def stop(*args, **kwargs):
+        seen["weights"] = args[8]
+        raise RuntimeError("stop after the weights")
+
+    monkeypatch.setattr(G, "train_denoiser", stop)
+    with pytest.raises(RuntimeError, match="stop after"):
+        G.pretrain_generator([Image.new("RGB", (32, 32))] * 2, ["a photo of a tote"] * 2, tmp_path / "g", cfg,
+                             seed=0, work_dir=tmp_path, masks=[mask] * 2)
+    region_mask = mask if region == "mask" else G.fill_mask_box(mask)
+    want = G.latent_loss_weights(G.masks_to_tensor([region_mask] * 2, cfg.resolution), seen["weights"].shape[-1], 3.0)
+    assert torch.equal(seen["weights"], want)
+    # 2x2-px latents (16x16 at 32 px): the bars cover 2 x (4 x 2) latents, their box 4 x 10
+    assert (seen["weights"] > 1).sum() == (16 if region == "mask" else 40) * 2
+    with pytest.raises(ValueError, match="object_region"):
+        GeneratorConfig(object_region="blob")
 
 
 def test_object_closeup_box_by_hand():

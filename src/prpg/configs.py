@@ -42,6 +42,9 @@ class GeneratorConfig:
     # (1: off). The objects cover 12% of the pixels on average; their shape is what tells a category apart, so a
     # small training budget is better spent there than on the background photos and textures.
     object_weight: float = Field(1.0, ge=1.0)
+    # Where object_weight applies: "mask" (the object's pixels) or "box" (its mask box, filled): a tote's mask
+    # leaves out the background seen through its handle arc, and the arc's shape is what tells a tote apart.
+    object_region: Literal["mask", "box"] = "mask"
     # Object close-ups: each training image gets one more view, a square crop around its object whose side is
     # f x the object box's longer side, f uniform in (lo, hi), with the image's caption (None: whole scenes
     # only). At 64 px a pool object spans ~5x5 latents, too few for its shape; SD's own "a photo of a mug"

@@ -30,6 +30,12 @@ def load_images(records, resolution: int | None = None) -> list:
     return images if resolution is None else [im.resize((resolution, resolution), Image.BOX) for im in images]
 
 
+def usual_pose(records) -> list:
+    """The records in the usual poses: PODS's train images and its in_distribution test split (not `pose`,
+    nor the `distractors` splits)."""
+    return [r for r in records if r.split == "train" or r.test_split == "in_distribution"]
+
+
 def fit_category_probe(features: torch.Tensor, categories: list[str]) -> LogisticRegression:
     return LogisticRegression(max_iter=3000, C=1.0).fit(features.numpy(), categories)
 

@@ -107,6 +107,19 @@ def object_closeups(images, masks, zoom: tuple[float, float], seed: int) -> tupl
     return crops, crop_masks
 
 
+def fill_mask_box(mask) -> np.ndarray:
+    """The mask's box, filled (GeneratorConfig.object_region "box"); an empty mask stays empty."""
+    from prpg.data.images import mask_to_box
+
+    mask = np.asarray(mask, bool)
+    out = np.zeros_like(mask)
+    box = mask_to_box(mask)
+    if box is not None:
+        x0, y0, x1, y1 = box
+        out[y0:y1, x0:x1] = True
+    return out
+
+
 def latent_loss_weights(coverage: torch.Tensor, latent_size: int, object_weight: float) -> torch.Tensor:
     """Per-latent loss weights (N, 1, h, w): 1 on background, `object_weight` where the object covers the
     latent's pixels (linear in between). The pixel coverage is averaged over each latent's footprint."""
@@ -279,8 +292,9 @@ def pretrain_generator(images, captions: list[str], out_dir: Path, cfg: Generato
     empty_ids = tokenize(tokenizer, [""])[0]
     category_ids = None if categories is None else tokenize(
         tokenizer, [CATEGORY_PROMPT.format(category=c) for c in categories])
-    weights = None if cfg.object_weight == 1.0 else latent_loss_weights(
-        masks_to_tensor(masks, cfg.resolution), mean.shape[-1], cfg.object_weight).to(device)
+    weighted = None if cfg.object_weight == 1.0 else [fill_mask_box(m) for m in masks] if cfg.object_region == "box" else masks
+    weights = None if weighted is None else latent_loss_weights(
+        masks_to_tensor(weighted, cfg.resolution), mean.shape[-1], cfg.object_weight).to(device)
     unet_losses = train_denoiser(pipe, mean, std, input_ids, empty_ids, cfg, gen, category_ids, weights)
     t_total = time.perf_counter() - t0
 

@@ -46,6 +46,7 @@ chdir_repo_root()
 
 from prpg.atomic import atomic_dir  # noqa: E402
 from prpg.class_images import generate_class_images  # noqa: E402
+from prpg.data import load_dataset  # noqa: E402
 from prpg.models import load_generator  # noqa: E402
 from prpg.params import parse_group, setup_device  # noqa: E402
 from prpg.synthesize import generate_backgrounds, generate_negatives  # noqa: E402
@@ -55,6 +56,8 @@ models_p = parse_group("models", models)
 db = parse_group("personalize", personalize)
 syn = parse_group("synthesize", synthesize)
 device = setup_device(common_p)
+# The category's instances in the dataset: an instance-keyed (reference) prompt file gives their scenes.
+category_instances = [i.name for i in load_dataset(common_p.data_root).instances_in(category=category)]
 frozen = load_generator(models_p.generator, device=device)
 print(f"category {category!r}; frozen generator {models_p.generator} on {device}")
 
@@ -70,7 +73,8 @@ negatives_dir = generate_negatives(frozen, category, "outputs/negatives", syn.ne
 t_neg = time.perf_counter() - t0 - t_class
 n_backgrounds = 0
 if syn.cut_paste.backgrounds in ("generated", "both"):
-    backgrounds_dir = generate_backgrounds(frozen, category, "outputs/backgrounds", syn.cut_paste, seed=common_p.seed)
+    backgrounds_dir = generate_backgrounds(frozen, category, "outputs/backgrounds", syn.cut_paste, seed=common_p.seed,
+                                           instances=category_instances)
     n_backgrounds = len(list(backgrounds_dir.glob("*.png")))
 else:  # keep the DVC output present (an empty folder) when only real backgrounds are used
     with atomic_dir(Path("outputs/backgrounds") / category):

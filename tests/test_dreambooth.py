@@ -344,3 +344,19 @@ def test_personalize_round_trip_on_the_shipped_toybox_generator(world, tmp_path,
     assert tuned.shape == (1, 64, 64, 3) and not np.array_equal(tuned, before)
     assert np.array_equal(sample(db.load_personalized(base, tmp_path / "p")), tuned)
     assert np.array_equal(sample(base), before)
+
+
+def test_fp16_save_halves_the_weights_and_reloads_in_the_base_dtype(pipe, world, class_paths, tmp_path):
+    train = world.images("train", "mug_00")
+    sizes = {}
+    for dtype in ("fp32", "fp16"):
+        cfg = dataclasses.replace(FAST, steps=1, save_dtype=dtype)
+        out = db.personalize(pipe, train, "mug", class_paths, cfg, tmp_path / dtype, seed=0)
+        sizes[dtype] = sum(f.stat().st_size for f in out.path.rglob("*.safetensors"))
+        reloaded = db.load_personalized(pipe, out.path)
+        assert next(reloaded.unet.parameters()).dtype == torch.float32
+        if dtype == "fp16":  # what is in memory after the save is what was saved: fp16-rounded weights
+            w = next(out.pipe.unet.parameters())
+            assert torch.equal(w, w.half().float())
+            assert torch.equal(next(reloaded.unet.parameters()), w)
+    assert 0.45 < sizes["fp16"] / sizes["fp32"] < 0.55

@@ -92,3 +92,16 @@ def test_weights_fingerprint_hashes_the_safetensors_of_a_local_model(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(ModelNotAvailableError, match="no \\*.safetensors"):
         weights_fingerprint(tmp_path / "empty")
+
+
+def test_a_hub_id_may_pin_a_revision():
+    from prpg.models import split_revision
+
+    assert split_revision("stable-diffusion-v1-5/stable-diffusion-v1-5@39593d5") == (
+        "stable-diffusion-v1-5/stable-diffusion-v1-5", "39593d5")
+    assert split_revision("timm/vit_base_patch14_dinov2.lvd142m") == ("timm/vit_base_patch14_dinov2.lvd142m", None)
+
+
+def test_pinned_revision_missing_offline_names_it(offline_hub):
+    with pytest.raises(ModelNotAvailableError, match="@abc123"):
+        load_generator("stable-diffusion-v1-5/stable-diffusion-v1-5@abc123")

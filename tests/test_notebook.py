@@ -48,3 +48,19 @@ def test_bad_inputs_name_the_file(tmp_path):
         load_parameters(tmp_path / "list.yaml", [])
     with pytest.raises(SystemExit, match="nope.py: notebook not found"):
         main([str(tmp_path / "nope.py"), str(tmp_path / "out.ipynb")])
+
+
+def test_stage_stats_measure_wall_time_and_peak_memory(tmp_path):
+    import os
+
+    (tmp_path / "nb.py").write_text('# %% tags=["parameters"]\ninstance = "x"\n\n# %%\n'
+                                    'big = bytearray(300 * 2**20)\n')
+    env = {**os.environ, "PRPG_STAGE_STATS": str(tmp_path / "stats")}
+    subprocess.run([sys.executable, "-m", "prpg.notebook", "nb.py", "out/07_evaluate/mug_06.ipynb", "-r", "instance",
+                    "mug_06"], cwd=tmp_path, check=True, capture_output=True, env=env)
+    stats = json.loads((tmp_path / "stats" / "out__07_evaluate__mug_06.json").read_text())
+    assert stats["parameters_raw"] == {"instance": "mug_06"} and stats["notebook"] == "nb.py"
+    assert stats["peak_rss_bytes"] > 300 * 2**20 and stats["wall_seconds"] > 0
+    assert stats["peak_cuda_bytes"] is None  # torch never ran on CUDA
+    executed = json.loads((tmp_path / "out/07_evaluate/mug_06.ipynb").read_text())
+    assert "prpg-stats" in executed["cells"][-1]["metadata"]["tags"]

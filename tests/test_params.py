@@ -61,3 +61,15 @@ def test_threads_pin_torchs_cpu_threads_and_must_be_positive():
         torch.set_num_threads(before)
     with pytest.raises(ParamsError, match="common.threads"):
         parse_group("common", {"threads": 0})
+
+
+def test_a_local_model_folder_must_live_under_models(tmp_path, monkeypatch):
+    from prpg.params import ParamsError, parse_group
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "models" / "my-sd").mkdir(parents=True)
+    (tmp_path / "elsewhere").mkdir()
+    assert parse_group("models", {"generator": "models/my-sd"}).generator == "models/my-sd"
+    assert parse_group("models", {"generator": "org/hub-id@v1"}).generator == "org/hub-id@v1"  # a hub id
+    with pytest.raises(ParamsError, match="models.generator.*outside models/"):
+        parse_group("models", {"generator": "elsewhere"})

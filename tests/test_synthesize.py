@@ -493,3 +493,19 @@ def test_transformers_asker_runs_a_local_model(make_prompts, pipe, tmp_path):
     tok.save_pretrained(tmp_path)
     reply = make_prompts.transformers_asker(str(tmp_path), max_new_tokens=8)("Write 3 sentences")
     assert isinstance(reply, str) and reply and not reply.startswith("Write 3")  # only the new text
+
+
+def test_backgrounds_of_a_category_from_an_instance_keyed_file():
+    from prpg.prompts import PromptFileError, category_prompts
+
+    table = {"mugs_cornell_dots": ["A <new1> mug on a desk", "A <new1> mug in a sink"],
+             "mugs_blue": ["A <new1> mug on a desk", "A <new1> mug on grass", "A <new1> mug by a lamp"],
+             "shoe_red": ["A <new1> shoe on a rug"]}
+    got = category_prompts(table, category="mug", instances=["mugs_cornell_dots", "mugs_blue", "absent"])
+    # interleaved instance by instance, repeats dropped, other categories' lists left out
+    assert got == ["A <new1> mug on a desk", "A <new1> mug in a sink", "A <new1> mug on grass",
+                   "A <new1> mug by a lamp"]
+    assert category_prompts({"mug": ["A {identifier} {category} here"]}, category="mug") == [
+        "A {identifier} {category} here"]
+    with pytest.raises(PromptFileError, match="no list for category 'bottle'"):
+        category_prompts(table, category="bottle", instances=["bottle_1"])

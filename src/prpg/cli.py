@@ -8,7 +8,9 @@ import sys
 import time
 from pathlib import Path
 
+from prpg.cluster import add_cluster_parser, add_gpu_arguments
 from prpg.data.download import DownloadError
+from prpg.rehearsal.rehearse import RehearsalError
 from prpg.repro import ReproError
 
 
@@ -80,14 +82,22 @@ def _save_result(args: argparse.Namespace) -> int:
 def _exp(args: argparse.Namespace) -> int:
     import subprocess
 
-    from prpg.experiments import command, data_root_of, instances_of, shell, write_params
+    from prpg.cluster import gpu_options
+    from prpg.experiments import command, data_root_of, instances_of, set_instances, shell, write_params
+
+    args.jobs, gpus = gpu_options(args.jobs, args.gpus, default_jobs=None)
 
     instances = None
     if args.instances:
         root = args.data_root or data_root_of(args.name)
         instances = instances_of(root, split=args.instances, per_category=args.per_category, offset=args.offset)
     if args.jobs is None:
-        cmd = command(args.name, queue=args.queue, instances=instances, extra=args.set)
+        cmd = command(args.name, queue=args.queue, extra=args.set)
+        if instances:
+            print(f"params.yaml: run.instances <- {len(instances)} instances of {root} "
+                  f"({', '.join(list(instances)[:4])}{', ...' if len(instances) > 4 else ''})")
+            if not args.dry:
+                set_instances("params.yaml", instances)
         print(shell(cmd))
         return 0 if args.dry else subprocess.call(cmd)
     if args.queue or args.dry:
@@ -96,7 +106,7 @@ def _exp(args: argparse.Namespace) -> int:
 
     values = write_params(args.name, "params.yaml", instances, args.set)
     print(f"params.yaml: {shell(values)}")
-    repro(args.jobs)
+    repro(args.jobs, gpus=gpus)
     print(f"done: params.yaml holds {args.name}; `dvc exp save -n {args.name} dvc.yaml` records it as an "
           "experiment, `prpg results save NAME` snapshots its metrics, `git checkout params.yaml` restores "
           "the defaults")
@@ -104,9 +114,19 @@ def _exp(args: argparse.Namespace) -> int:
 
 
 def _repro(args: argparse.Namespace) -> int:
+    from prpg.cluster import gpu_options
     from prpg.repro import repro
 
-    repro(args.jobs)
+    jobs, gpus = gpu_options(args.jobs, args.gpus, default_jobs=3)
+    repro(jobs, gpus=gpus)
+    return 0
+
+
+def _rehearse(args: argparse.Namespace) -> int:
+    from prpg.rehearsal.rehearse import rehearse
+
+    rehearse(args.name, shape=args.shape, device=args.device, instances=args.instances, data_root=args.data_root,
+             workdir=args.workdir, keep=args.keep, hub_dir=args.hub_dir, report_dir=args.report_dir, extra=args.set)
     return 0
 
 
@@ -164,12 +184,32 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("-j", "--jobs", type=int, default=None,
                    help="instead of `dvc exp run` (one stage at a time): write the overrides into params.yaml "
                         "and run `prpg repro -j JOBS`, the instance chains side by side")
+    add_gpu_arguments(e)
     e.set_defaults(func=_exp)
 
     rp = sub.add_parser("repro", help="dvc repro with independent stages side by side (see prpg.repro)")
-    rp.add_argument("-j", "--jobs", type=int, default=3,
-                    help="stage groups (instance chains) at once; 3 on 2 cores, measured (Makefile)")
+    rp.add_argument("-j", "--jobs", type=int, default=None,
+                    help="stage groups (instance chains) at once: default 3 (measured on 2 cores, Makefile), "
+                         "or one per GPU with --gpus")
+    add_gpu_arguments(rp)
     rp.set_defaults(func=_repro)
+    add_cluster_parser(sub)
+
+    rh = sub.add_parser("rehearse", help="run a paper experiment offline on random-weight models of its "
+                                         "architectures (prpg.rehearsal)")
+    rh.add_argument("name", help="a paper experiment, e.g. pods-dinov2_vitb14")
+    rh.add_argument("--shape", choices=["mini", "paper"], default="mini",
+                    help="mini: tiny models of the same families (minutes, CI); paper: the real sizes")
+    rh.add_argument("--device", choices=["cpu", "cuda", "auto"], default="cpu")
+    rh.add_argument("--instances", type=int, default=1, help="test instances to run (categories in turn)")
+    rh.add_argument("--data-root", default=None, help="a PODS-format folder to use instead of the rendered world")
+    rh.add_argument("--workdir", default=None, help="where the throwaway copy goes (default: a temp dir)")
+    rh.add_argument("--hub-dir", default=None, help="reuse (or build) the random-weight models here")
+    rh.add_argument("--report-dir", default=None, help="default: reports/rehearsal")
+    rh.add_argument("--keep", action="store_true", help="keep the copy (it is always kept after a failure)")
+    rh.add_argument("-S", "--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="one more override after the rehearsal's own")
+    rh.set_defaults(func=_rehearse)
 
     p = sub.add_parser("params", help="validate params.yaml and print the resolved groups")
     p.add_argument("--file", type=Path, default=Path("params.yaml"))
@@ -181,7 +221,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (ValueError, OSError, DownloadError, ReproError) as err:  # our errors say what to do: no traceback
+    except (ValueError, OSError, DownloadError, ReproError, RehearsalError) as err:  # our errors say what to do: no traceback
         print(f"prpg: error: {err}", file=sys.stderr)
         return 2
 

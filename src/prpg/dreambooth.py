@@ -367,9 +367,13 @@ class Personalized:
 def save_trained(pipe, out_dir: Path, cfg: DreamBoothConfig) -> None:
     """Only what was trained: full -> unet/ (+ text_encoder/); lora -> the adapters in diffusers' format."""
     if cfg.mode == "full":
-        pipe.unet.save_pretrained(out_dir / "unet", safe_serialization=True)
-        if cfg.train_text_encoder:
-            pipe.text_encoder.save_pretrained(out_dir / "text_encoder", safe_serialization=True)
+        parts = {"unet": pipe.unet, **({"text_encoder": pipe.text_encoder} if cfg.train_text_encoder else {})}
+        for name, module in parts.items():
+            dtype = next(module.parameters()).dtype
+            if cfg.save_dtype == "fp16":  # cast in place (no second copy in memory): the pipe keeps the saved values
+                module.to(torch.float16)
+            module.save_pretrained(out_dir / name, safe_serialization=True)
+            module.to(dtype)
         return
     from diffusers.utils import convert_state_dict_to_diffusers
     from peft.utils import get_peft_model_state_dict

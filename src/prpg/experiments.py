@@ -19,7 +19,7 @@ PAPER = {
     "personalize.steps": 400, "personalize.lr": 2e-6, "personalize.num_class_images": 200,
     "personalize.class_steps": 50, "personalize.class_guidance": 7.5, "personalize.class_batch": 4,
     "personalize.masked": True, "personalize.gradient_checkpointing": True, "personalize.use_8bit_adam": True,
-    "personalize.resolution": 512,
+    "personalize.resolution": 512, "personalize.save_dtype": "fp16",
     "synthesize.positives.n": 450, "synthesize.positives.steps": 50, "synthesize.positives.guidance": 5.0,
     "synthesize.positives.batch": 8,
     "synthesize.negatives.n": 1000, "synthesize.negatives.steps": 50, "synthesize.negatives.guidance": 7.5,
@@ -87,6 +87,61 @@ def resolve(name: str) -> dict:
     return {**paper_experiment(dataset, backbone, rest[0] if rest else "masked_dreambooth"), **sweep}
 
 
+def all_names() -> list[str]:
+    """Every name `prpg exp` accepts: each toybox method and sweep, each dataset x backbone (its default
+    method, every method, every sweep)."""
+    names = [f"toybox-{m}" for m in METHODS] + [f"toybox-sweep-{s}" for s in SWEEPS]
+    for dataset in DATASETS:
+        for backbone in BACKBONES:
+            base = f"{dataset}-{backbone}"
+            names += [base, *(f"{base}-{m}" for m in METHODS), *(f"{base}-sweep-{s}" for s in SWEEPS)]
+    return names
+
+
+def single_runs(values: Sequence[str]) -> list[list[str]]:
+    """The runs of a list of overrides: one per value of each swept key (Hydra's cartesian product)."""
+    runs: list[list[str]] = [[]]
+    for v in values:
+        key, _, value = v.partition("=")
+        choices = value.split(",") if is_sweep([v]) else [value]
+        runs = [run + [f"{key}={c}" if "=" in v else v] for run in runs for c in choices]
+    return runs
+
+
+def launch_problems(repo_root: str | Path) -> list[str]:
+    """What stops `dvc repro` from starting in repo_root, checked by DVC itself without running a stage:
+    params.yaml validates, dvc.yaml resolves with it (interpolation, foreach, the DAG), and every
+    dependency is either on disk or an output of another stage. [] when it would launch."""
+    from dvc.repo import Repo
+
+    from prpg.params import ParamsError, load_params
+
+    root = Path(repo_root).resolve()
+    try:
+        load_params(root / "params.yaml")
+    except ParamsError as err:
+        return [str(err)]
+    problems = []
+    with Repo(str(root)) as repo:
+        try:
+            stages = list(repo.index.stages)
+            repo.index.graph  # noqa: B018 - builds the DAG: raises on cycles and overlapping outputs
+        except Exception as err:  # DVC's own errors (interpolation, schema, graph) say what is wrong
+            return [f"dvc.yaml: {type(err).__name__}: {err}"]
+        # Outputs a stage makes; a .dvc file's (data.dvc) are data that must be on disk already.
+        outs = [Path(o.fs_path) for s in stages if s.cmd for o in s.outs]
+        for stage in stages:
+            for dep in stage.deps:
+                if getattr(dep, "params", None) is not None or dep.fs_path is None:
+                    continue  # a params dependency, not a path
+                path = Path(dep.fs_path)
+                produced = any(path == o or path.is_relative_to(o) or o.is_relative_to(path) for o in outs)
+                if not produced and not path.exists():
+                    problems.append(f"stage {stage.addressing}: dependency {path.relative_to(root)} does not "
+                                    "exist and no stage makes it")
+    return problems
+
+
 def instances_of(data_root: str, split: str | None = "test", per_category: int | None = None,
                  offset: int = 0) -> dict[str, str]:
     """name -> category of a dataset's instances (its `class_to_split` split): of each category, at most
@@ -116,17 +171,28 @@ def data_root_of(name: str, params_file: str | Path = "params.yaml") -> str:
     return load_params(params_file)["common"].data_root
 
 
-def overrides(name: str, instances: dict[str, str] | None = None, extra: Sequence[str] = ()) -> list[str]:
+def overrides(name: str, extra: Sequence[str] = ()) -> list[str]:
     """The `-S` values of a named experiment (Hydra override syntax, as `dvc exp run -S` takes them);
-    `instances` (name -> category) replaces run.instances / run.categories, `extra` comes last."""
+    `extra` comes last."""
     settings = resolve(name)
-    replace_instances = []
-    if instances:  # Hydra cannot assign a dict with new keys: delete the mapping, then add the new one
-        mapping = "{" + ",".join(f"{k}:{v}" for k, v in instances.items()) + "}"
-        replace_instances = ["~run.instances", f"+run.instances={mapping}"]
-        settings["run.categories"] = "[" + ",".join(sorted(set(instances.values()))) + "]"
     out = [f"{key}={str(value).lower() if isinstance(value, bool) else value}" for key, value in settings.items()]
-    return out + replace_instances + list(extra)
+    return out + list(extra)
+
+
+def set_instances(params_file: str | Path, instances: dict[str, str]) -> None:
+    """Replace run.instances (name -> category) and run.categories in params_file, comments kept.
+
+    Not through `-S`: Hydra's override grammar cannot write such a mapping (a key must start with a
+    letter, and cannot be quoted, so DF2's `828_1_2` would become the integer 82812). `dvc exp run`
+    records the workspace's params.yaml with the experiment, so the run keeps its instance list."""
+    from dvc.utils.serialize import modify_yaml
+
+    if not instances:
+        raise ValueError("no instances to run: pass at least one name -> category")
+    with modify_yaml(str(params_file)) as values:
+        values.setdefault("run", {})
+        values["run"]["instances"] = dict(instances)
+        values["run"]["categories"] = sorted(set(instances.values()))
 
 
 def is_sweep(values: Sequence[str]) -> bool:
@@ -135,10 +201,9 @@ def is_sweep(values: Sequence[str]) -> bool:
                for v in values if "=" in v and not v.startswith("~"))
 
 
-def command(name: str, queue: bool = False, instances: dict[str, str] | None = None,
-            extra: Sequence[str] = ()) -> list[str]:
-    """The `dvc exp run` command line of a named experiment, e.g. on every test instance of PODS."""
-    values = overrides(name, instances, extra)
+def command(name: str, queue: bool = False, extra: Sequence[str] = ()) -> list[str]:
+    """The `dvc exp run` command line of a named experiment (run.instances: what params.yaml holds)."""
+    values = overrides(name, extra)
     sweep = is_sweep(values)
     cmd = ["dvc", "exp", "run"] + ([] if sweep else ["-n", name]) + (["--queue"] if queue or sweep else [])
     for v in values:
@@ -153,10 +218,12 @@ def write_params(name: str, params_file: str | Path = "params.yaml", instances: 
     instance chains side by side. Returns the overrides."""
     from dvc.utils.hydra import apply_overrides
 
-    values = overrides(name, instances, extra)
+    values = overrides(name, extra)
     if is_sweep(values):
         raise ValueError(f"{name}: a sweep is several runs; queue it (`prpg exp {name}`, then "
                          "`dvc queue start`) or write one value at a time")
+    if instances:
+        set_instances(params_file, instances)
     apply_overrides(str(params_file), values)
     return values
 

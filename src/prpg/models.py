@@ -50,6 +50,12 @@ def _missing(model_id: str, cause: BaseException | None) -> ModelNotAvailableErr
     )
 
 
+def split_revision(model_id: str) -> tuple[str, str | None]:
+    """'org/name@rev' -> ('org/name', 'rev'); a plain id -> (id, None): the hub's main branch."""
+    repo_id, _, revision = model_id.partition("@")
+    return repo_id, revision or None
+
+
 def _is_local(name_or_path: str | Path) -> bool:
     return Path(name_or_path).is_dir()
 
@@ -85,9 +91,11 @@ def load_generator(id_or_path: str | Path = PAPER_GENERATOR, *, device: str = "c
     if _is_local(id_or_path):
         pipe = StableDiffusionPipeline.from_pretrained(str(id_or_path), local_files_only=True, **kwargs)
     else:
+        repo_id, revision = split_revision(str(id_or_path))
         offline = hub_offline() if local_files_only is None else local_files_only
         try:
-            pipe = StableDiffusionPipeline.from_pretrained(str(id_or_path), local_files_only=offline, **kwargs)
+            pipe = StableDiffusionPipeline.from_pretrained(repo_id, revision=revision, local_files_only=offline,
+                                                           **kwargs)
         except (OSError, ValueError) as err:  # diffusers raises OSError/EnvironmentError for a missing repo
             raise _missing(str(id_or_path), err) from err
     pipe.set_progress_bar_config(disable=True)
@@ -131,10 +139,11 @@ def load_backbone(name_or_path: str | Path, *, local_files_only: bool | None = N
     if offline:
         from huggingface_hub import try_to_load_from_cache
 
-        if not isinstance(try_to_load_from_cache(repo_id, "config.json"), str):
+        hub_id, revision = split_revision(repo_id)
+        if not isinstance(try_to_load_from_cache(hub_id, "config.json", revision=revision), str):
             raise _missing(repo_id, None)
     try:
         model = timm.create_model(source, pretrained=True, num_classes=0, dynamic_img_size=True)
     except (OSError, RuntimeError, ValueError) as err:
         raise _missing(repo_id, err) from err
-    return use_quick_gelu(model) if repo_id in QUICK_GELU else model
+    return use_quick_gelu(model) if split_revision(repo_id)[0] in QUICK_GELU else model

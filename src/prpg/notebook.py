@@ -15,13 +15,28 @@ over the demo's 33 stage runs.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
+import time
 from pathlib import Path
 
 import yaml
 
 KERNEL = {"name": "python3", "display_name": "Python 3", "language": "python"}
+# With this environment variable set to a folder, each stage also writes <folder>/<output stem>.json:
+# its wall time, the kernel's peak RSS and peak CUDA memory (what `prpg rehearse` reports).
+STATS_ENV = "PRPG_STAGE_STATS"
+# Appended as the last cell when STATS_ENV is set: the kernel measures itself (it is stopped at once after
+# the last cell, so nothing can run at its exit).
+_STATS_CELL = """\
+import json as _json, os as _os, resource as _resource, sys as _sys
+_stats = {"peak_rss_bytes": _resource.getrusage(_resource.RUSAGE_SELF).ru_maxrss * 1024, "peak_cuda_bytes": None}
+if "torch" in _sys.modules and _sys.modules["torch"].cuda.is_initialized():
+    _stats["peak_cuda_bytes"] = int(_sys.modules["torch"].cuda.max_memory_allocated())
+with open(_os.environ["PRPG_KERNEL_STATS_FILE"], "w") as _f:
+    _json.dump(_stats, _f)
+"""
 
 
 def load_parameters(params_file: Path | None, raw: list[tuple[str, str]]) -> dict:
@@ -41,9 +56,15 @@ def load_parameters(params_file: Path | None, raw: list[tuple[str, str]]) -> dic
     return params
 
 
+def raw_parameters(parameters: dict) -> dict:
+    """The string parameters (the foreach item: instance or category), not the params groups."""
+    return {k: v for k, v in parameters.items() if isinstance(v, str)}
+
+
 def run(source: Path, output: Path, parameters: dict, cwd: str = ".") -> None:
     """Execute the jupytext notebook `source` with papermill, writing the executed notebook to `output`."""
     import jupytext  # here, not at module level: `--help` stays instant
+    import nbformat
     import papermill
 
     if not source.is_file():
@@ -57,8 +78,20 @@ def run(source: Path, output: Path, parameters: dict, cwd: str = ".") -> None:
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     # shutdown_kernel="immediate": once the last cell has returned, every output is written (stages
     # write atomically, inside cells); a graceful shutdown of a torch kernel costs 2.7 s more per stage.
+    stats_dir = os.environ.get(STATS_ENV)
+    if stats_dir:
+        nb.cells.append(nbformat.v4.new_code_cell(_STATS_CELL, metadata={"tags": ["prpg-stats"]}))
+        stats_file = Path(stats_dir).resolve() / (output.with_suffix("").as_posix().replace("/", "__") + ".json")
+        os.environ["PRPG_KERNEL_STATS_FILE"] = str(stats_file.with_suffix(".kernel.json"))
+        stats_file.parent.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
     papermill.execute_notebook(nb, str(output), parameters=parameters, kernel_name=KERNEL["name"], cwd=cwd,
                                log_output=True, progress_bar=False, shutdown_kernel="immediate")
+    if stats_dir:
+        kernel = json.loads(Path(os.environ["PRPG_KERNEL_STATS_FILE"]).read_text())
+        stats = {"notebook": source.as_posix(), "output": output.as_posix(), "parameters_raw": raw_parameters(parameters),
+                 "wall_seconds": round(time.perf_counter() - t0, 3), **kernel}
+        stats_file.write_text(json.dumps(stats, indent=1))
 
 
 def main(argv: list[str] | None = None) -> int:

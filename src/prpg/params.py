@@ -122,10 +122,22 @@ class RunParams(_Group):
 
 
 class ModelsParams(_Group):
-    """Which models the generation stages use: a hub id (paper) or a local folder (toybox)."""
+    """Which models the stages use: a hub id, optionally pinned as `<id>@<revision>` (paper), or a local
+    folder under models/ (toybox). DVC tracks a hub model by this param and local folders through the
+    stages' `models` dependency, so a local folder elsewhere would change results unseen."""
 
     generator: str = "models/toybox/generator"  # paper: stable-diffusion-v1-5/stable-diffusion-v1-5
     backbone: str = "toybox"  # paper: dinov2_vitb14 | clip_vitb16 | mae_vitb16
+
+    @model_validator(mode="after")
+    def _local_models_under_models_dir(self) -> ModelsParams:
+        for key in ("generator", "backbone"):
+            value = getattr(self, key)
+            path = Path(value)
+            if path.is_dir() and not path.resolve().is_relative_to(Path("models").resolve()):
+                raise ValueError(f"models.{key} = {value!r} is a local folder outside models/: DVC tracks local "
+                                 "models through the models/ folder, so copy it under models/ (or give a hub id)")
+        return self
 
 
 class SynthesisParams(_Group):

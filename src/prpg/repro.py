@@ -16,10 +16,16 @@ Steps 2 and 3 use `dvc repro -s`: a chain must not re-check the shared upstream 
 a write lock on their outs, which the other chains are reading). Each stage still runs only when it
 changed, and gives the same outputs as under a plain `dvc repro`: it is seeded, and common.threads
 pins torch's threads, so running beside another stage changes its speed, not its numbers.
+
+With `gpus` (ids, as `prpg repro --gpus` gives them: prpg.cluster), each group's `dvc repro -s` gets
+CUDA_VISIBLE_DEVICES=<one id> from a pool: a group takes a free id and returns it when it ends, so no
+two running groups share a GPU; steps 1 and 4 get the first id.
 """
 
 from __future__ import annotations
 
+import os
+import queue
 import subprocess
 import threading
 import time
@@ -66,27 +72,40 @@ def stage_names(cwd: Path) -> list[str]:
     return [line.strip() for line in out.splitlines() if line.strip()]
 
 
-def _dvc(targets: Sequence[str], cwd: Path, single: bool) -> None:
+def _dvc(targets: Sequence[str], cwd: Path, single: bool, gpu: str | None = None) -> None:
     cmd = [*DVC, *(["-s"] if single else []), *targets]
-    if subprocess.run(cmd, cwd=cwd).returncode != 0:
+    # Only with a GPU: the stage processes see that one card (as cuda:0); otherwise the env is inherited.
+    env = {} if gpu is None else {"env": {**os.environ, "CUDA_VISIBLE_DEVICES": gpu}}
+    if subprocess.run(cmd, cwd=cwd, **env).returncode != 0:
+        rerun = ' '.join(cmd) if gpu is None else f"CUDA_VISIBLE_DEVICES={gpu} {' '.join(cmd)}"
         raise ReproError(f"stage(s) {' '.join(targets)} failed (see above); re-run them alone with: "
-                         f"{' '.join(cmd)}")
+                         f"{rerun}")
 
 
-def run_groups(groups: Sequence[Sequence[str]], jobs: int, cwd: Path, label: str) -> None:
-    """Each group through one `dvc repro -s`, `jobs` groups at a time. After a failure no new group
-    starts; the running ones finish, then the first error is raised."""
+def run_groups(groups: Sequence[Sequence[str]], jobs: int, cwd: Path, label: str,
+               gpus: Sequence[str] = ()) -> None:
+    """Each group through one `dvc repro -s`, `jobs` groups at a time (with `gpus`: jobs <= len(gpus),
+    each group on a free GPU of its own). After a failure no new group starts; the running ones
+    finish, then the first error is raised."""
     failed = threading.Event()
+    free: queue.SimpleQueue[str] = queue.SimpleQueue()
+    for gpu in gpus:
+        free.put(gpu)
 
     def task(i: int, group: Sequence[str]) -> None:
         if failed.is_set():
             return
-        print(f"prpg repro: {label} {i}/{len(groups)} starts: {' '.join(group)}", flush=True)
+        gpu = free.get() if gpus else None  # at most len(gpus) tasks run: one is always free
+        on = "" if gpu is None else f" on GPU {gpu}"
+        print(f"prpg repro: {label} {i}/{len(groups)} starts{on}: {' '.join(group)}", flush=True)
         try:
-            _dvc(group, cwd, single=True)
+            _dvc(group, cwd, single=True, gpu=gpu)
         except ReproError:
             failed.set()
             raise
+        finally:
+            if gpu is not None:
+                free.put(gpu)
 
     with ThreadPoolExecutor(max_workers=jobs) as pool:
         futures = [pool.submit(task, i, g) for i, g in enumerate(groups, 1)]
@@ -95,17 +114,22 @@ def run_groups(groups: Sequence[Sequence[str]], jobs: int, cwd: Path, label: str
         raise errors[0]
 
 
-def repro(jobs: int = 3, cwd: Path = Path("."), params_file: Path = Path("params.yaml")) -> None:
+def repro(jobs: int = 3, cwd: Path = Path("."), params_file: Path = Path("params.yaml"),
+          gpus: Sequence[str] = ()) -> None:
     if jobs < 1:
         raise ReproError(f"--jobs must be at least 1, got {jobs}")
+    if gpus and jobs > len(gpus):
+        raise ReproError(f"--jobs {jobs} with {len(gpus)} GPU(s) (--gpus {','.join(gpus)}): each chain runs "
+                         f"on a GPU of its own; use --jobs {len(gpus)} or fewer, or leave --jobs out")
+    first = gpus[0] if gpus else None
     cwd = Path(cwd)
     t0 = time.perf_counter()
     run = load_params(cwd / params_file)["run"]  # validated: a bad run group fails here, naming the key
     p = plan(stage_names(cwd), run.categories, run.instances)
     if p.head:
-        _dvc(p.head, cwd, single=False)
-    run_groups(p.shared, jobs, cwd, "category")
-    run_groups(p.chains, jobs, cwd, "instance")
-    _dvc([], cwd, single=False)
+        _dvc(p.head, cwd, single=False, gpu=first)
+    run_groups(p.shared, jobs, cwd, "category", gpus)
+    run_groups(p.chains, jobs, cwd, "instance", gpus)
+    _dvc([], cwd, single=False, gpu=first)
     print(f"prpg repro: done in {time.perf_counter() - t0:.0f} s ({jobs} at a time)", flush=True)
 

@@ -138,6 +138,7 @@ def synthesis_prompts(cfg: SynthesizeConfig, instance: str, category: str) -> li
         return [prompt_files.fill(VANILLA_PROMPT, cfg.identifier, category)] * cfg.n
     table = prompt_files.load_prompts(cfg.prompt_file)
     sentences = prompt_files.prompts_for(table, instance=instance, category=category, source=cfg.prompt_file)
+    sentences = sentences[: cfg.num_prompts]
     repeats = math.ceil(cfg.n / len(sentences))  # reference: ceil(n / 100) images per prompt
     return [prompt_files.fill(s, cfg.identifier, category) for s in sentences for _ in range(repeats)]
 
@@ -243,12 +244,13 @@ def background_prompt(sentence: str, identifier: str) -> str:
 
 
 def generate_backgrounds(frozen_pipe, category: str, backgrounds_root: Path, cfg: CutPasteConfig,
-                         seed: int, instance: str | None = None) -> Path:
+                         seed: int, instances: Sequence[str] = ()) -> Path:
     """backgrounds_root/<category>/NNNN.png: scene prompts without their subject, cycled to n.
-    `instance` only selects the list in a reference file (keyed by instance; same list per category)."""
+    `instances` (the category's instances in the dataset) select the lists of an instance-keyed
+    (reference) prompt file; a category-keyed file is used as it is."""
     table = prompt_files.load_prompts(cfg.background_prompt_file)
-    sentences = prompt_files.prompts_for(table, instance=instance or category, category=category,
-                                         source=cfg.background_prompt_file)
+    sentences = prompt_files.category_prompts(table, category=category, instances=instances,
+                                              source=cfg.background_prompt_file)
     # The subject is removed from the FILLED sentence so reference files (literal "<new1> bag") work too.
     ident = "<new1>"
     scenes = [background_prompt(prompt_files.fill(s, ident, category), ident) for s in sentences]
@@ -422,7 +424,7 @@ def cut_and_paste(ds, instance: str, out_dir: Path, cfg: CutPasteConfig, seed: i
         if frozen_pipe is None or backgrounds_root is None:
             raise ValueError(f"backgrounds '{cfg.backgrounds}' needs frozen_pipe and backgrounds_root")
         category = ds.instance(instance).category
-        folder = generate_backgrounds(frozen_pipe, category, backgrounds_root, cfg, seed, instance=instance)
+        folder = generate_backgrounds(frozen_pipe, category, backgrounds_root, cfg, seed, instances=[instance])
         generated = sorted(folder.glob("*.png"))
     cutouts = instance_cutouts(ds, instance)
     return compose_cut_and_paste(cutouts, real, generated, out_dir, cfg, seed, tag=instance)

@@ -16,9 +16,10 @@ PODS categories, in the toybox world's caption vocabulary only; see scripts/make
 
 from __future__ import annotations
 
+import itertools
 import json
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from importlib import resources
 from pathlib import Path
 
@@ -94,6 +95,25 @@ def prompts_for(prompts: Mapping[str, list[str]], *, instance: str, category: st
         f"prompt file {source or ''} has no list for instance '{instance}' or category '{category}' "
         f"(keys: {', '.join(sorted(prompts))}); add one, e.g. with scripts/make_prompts.py"
     )
+
+
+def category_prompts(prompts: Mapping[str, list[str]], *, category: str, instances: Sequence[str] = (),
+                     source: str = "") -> list[str]:
+    """The sentences of a whole category (generated backgrounds are shared per category): its own list
+    in a category-keyed file; in an instance-keyed (reference) file, the lists of the category's
+    `instances`, interleaved (first sentence of each, then the second, ...) without repeats."""
+    for key in (category, *CATEGORY_ALIASES.get(category, ())):
+        if key in prompts:
+            return list(prompts[key])
+    lists = [prompts[i] for i in instances if i in prompts]
+    if not lists:
+        raise PromptFileError(
+            f"prompt file {source or ''} has no list for category '{category}' nor for any of its instances "
+            f"({', '.join(list(instances)[:5]) or 'none given'}; keys: {', '.join(sorted(prompts)[:8])} ...); "
+            "key it by category or by the dataset's instance names"
+        )
+    interleaved = [s for row in itertools.zip_longest(*lists) for s in row if s is not None]
+    return list(dict.fromkeys(interleaved))
 
 
 def fill(sentence: str, identifier: str, category: str) -> str:

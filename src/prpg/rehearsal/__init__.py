@@ -1,0 +1,1 @@
+"""Rehearsals: the paper's experiments run offline on same-architecture models with random weights."""

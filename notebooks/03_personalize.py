@@ -77,8 +77,9 @@ from prpg.data import load_image  # noqa: E402
 from prpg.zoo.generator import sample  # noqa: E402
 
 prompt = INSTANCE_PROMPT.format(identifier=db.identifier, category=category)
-before = sample(base, [prompt] * 4, seed=common_p.seed, steps=20)
-after = sample(result.pipe, [prompt] * 4, seed=common_p.seed, steps=20)
+# Sampled with the class images' sampler steps: a count, so a rehearsal's reduced counts reduce it too.
+before = sample(base, [prompt] * 4, seed=common_p.seed, steps=db.class_steps)
+after = sample(result.pipe, [prompt] * 4, seed=common_p.seed, steps=db.class_steps)
 fig, axes = plt.subplots(1, 12, figsize=(18, 2))
 axes[0].plot(losses["step"], losses["loss"].rolling(10, min_periods=1).mean())
 axes[0].set_title("loss (10-step mean)", fontsize=8)

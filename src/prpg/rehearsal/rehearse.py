@@ -266,6 +266,8 @@ def rehearse(name: str, *, shape: str = "mini", device: str = "cpu", instances: 
         env = {**_git_env(), "HF_HOME": str(hub / "hf_home"), "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
                "PRPG_DREAMSIM_CACHE": str(hub / "dreamsim"), "PRPG_STAGE_STATS": str(work / "stats"),
                "DVC_NO_ANALYTICS": "1", "PYTHONUNBUFFERED": "1",
+               # the copy's own code, not the installed (editable) package of the repository it came from
+               "PYTHONPATH": os.pathsep.join(filter(None, [str(copy / "src"), os.environ.get("PYTHONPATH")])),
                "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
         log = work / "rehearsal.log"
         print(f"rehearse {name}: {shell(cmd)}\n  in {copy} (log: {log})", flush=True)

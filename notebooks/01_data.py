@@ -42,8 +42,11 @@ from prpg.atomic import write_json_atomic  # noqa: E402
 from prpg.data import load_dataset  # noqa: E402
 from prpg.data.gallery import save_gallery  # noqa: E402
 from prpg.data.prepare import prepare_dataset, summarize  # noqa: E402
-from prpg.params import parse_group  # noqa: E402
+from prpg.params import load_params, parse_group  # noqa: E402
 
+# Every group of params.yaml, not only this stage's: the first stage stops a bad value anywhere
+# (`dvc exp run -S train.lr=abc`) before any work, naming the key.
+load_params("params.yaml")
 common_p = parse_group("common", common)
 data_p = parse_group("data", data)
 

@@ -25,7 +25,8 @@
 #
 # Each task is also scored per test split (ID, pose, distractors, both) where the dataset has them.
 # The pretrained backbone's features are cached under `outputs/cache/features` (a plain cache, not a
-# DVC output: the same for every instance, recomputed if deleted).
+# DVC output: the same for every instance, recomputed if deleted). Each entry is keyed by the image file's
+# sha256, the backbone's weights and the preprocessing, so a rebuilt world or a fixed photo is recomputed.
 #
 # Output: `outputs/evaluate/<instance>/metrics.json` ({task: {model: value}} and per split).
 

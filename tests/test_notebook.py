@@ -32,12 +32,36 @@ def test_runs_the_notebook_with_the_params_groups_and_raw_values(tmp_path):
     assert len(injected) == 1 and 'instance = "007"' in "".join(injected[0]["source"])
 
 
-def test_a_failing_cell_fails_the_run(tmp_path):
-    (tmp_path / "nb.py").write_text('# %% tags=["parameters"]\nx = 1\n\n# %%\nraise ValueError("boom")\n')
+def test_a_failing_cell_fails_the_run_with_one_short_message(tmp_path):
+    (tmp_path / "nb.py").write_text('# %% tags=["parameters"]\nx = 1\n\n# %%\nprint("step one")\n\n# %%\n'
+                                    'def load():\n    raise ValueError("boom: fix the input")\nload()\n')
+    proc = subprocess.run([sys.executable, "-m", "prpg.notebook", "nb.py", "out/done.ipynb"], cwd=tmp_path,
+                          capture_output=True, text=True)
+    assert proc.returncode == 1
+    # One message: the notebook and cell, the exception, where the full traceback is; no stacked tracebacks.
+    assert proc.stderr.strip().splitlines()[-2:] == [
+        "nb.py, cell at line 8 failed: ValueError: boom: fix the input",
+        "full traceback: out/done.ipynb (that cell's output) and out/done.log"]
+    assert "Traceback" not in proc.stderr and "PapermillExecutionError" not in proc.stderr
+    assert "boom" in (tmp_path / "out/done.ipynb").read_text()  # papermill keeps the failed notebook to inspect
+    log = (tmp_path / "out/done.log").read_text()
+    assert "step one" in log and "----> 3 load()" in log and "\x1b[" not in log  # streams + plain traceback
+    (tmp_path / "nb.py").write_text('# %% tags=["parameters"]\nx = 1\n')
+    subprocess.run([sys.executable, "-m", "prpg.notebook", "nb.py", "out/done.ipynb"], cwd=tmp_path, check=True,
+                   capture_output=True)
+    assert not (tmp_path / "out/done.log").exists()  # a later success leaves no stale failure log
+
+
+def test_a_dead_kernel_is_one_message_too(tmp_path):
+    (tmp_path / "nb.py").write_text('# %% tags=["parameters"]\nx = 1\n\n# %%\nimport os, signal\n'
+                                    'os.kill(os.getpid(), signal.SIGKILL)\n')
     proc = subprocess.run([sys.executable, "-m", "prpg.notebook", "nb.py", "done.ipynb"], cwd=tmp_path,
                           capture_output=True, text=True)
-    assert proc.returncode != 0 and "boom" in proc.stderr
-    assert "boom" in (tmp_path / "done.ipynb").read_text()  # papermill keeps the failed notebook to inspect
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert proc.stderr.strip().splitlines()[-2:] == [
+        "nb.py failed: DeadKernelError: Kernel died (the kernel was killed: out of memory? see `dmesg`)",
+        "full traceback: done.log"]
+    assert "DeadKernelError" in (tmp_path / "done.log").read_text()
 
 
 def test_bad_inputs_name_the_file(tmp_path):
@@ -62,5 +86,6 @@ def test_stage_stats_measure_wall_time_and_peak_memory(tmp_path):
     assert stats["parameters_raw"] == {"instance": "mug_06"} and stats["notebook"] == "nb.py"
     assert stats["peak_rss_bytes"] > 300 * 2**20 and stats["wall_seconds"] > 0
     assert stats["peak_cuda_bytes"] is None  # torch never ran on CUDA
+    assert 0 <= stats["cpu_seconds"] <= stats["wall_seconds"] * 4
     executed = json.loads((tmp_path / "out/07_evaluate/mug_06.ipynb").read_text())
     assert "prpg-stats" in executed["cells"][-1]["metadata"]["tags"]

@@ -1,10 +1,16 @@
-"""Atomic outputs: a stage either leaves a complete output or none (never half-written files)."""
+"""Atomic outputs: a stage either leaves a complete output or none (never half-written files).
+
+Temp names are `.<name>.tmp-<pid>-<random>` (and `.<name>.old-<pid>-<random>` for a replaced folder).
+A process killed with `kill -9` cannot clean up, so the next atomic write to the same target removes
+the leftovers of dead processes; until then `.dvcignore` keeps them out of every DVC hash.
+"""
 
 from __future__ import annotations
 
 import contextlib
 import json
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -12,17 +18,53 @@ from pathlib import Path
 from typing import Any
 
 
+def _prefix(path: Path, kind: str) -> str:
+    return f".{path.name}.{kind}-{os.getpid()}-"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # someone else's process
+    return True
+
+
+def remove_stale(target: Path) -> list[Path]:
+    """Remove the temp files and dirs that a killed process left next to `target` (the names above;
+    one without a pid is from before pids were in the name). Those of live processes are kept: a
+    concurrent writer of the same target (prpg repro --jobs) may own one. Returns what was removed."""
+    target = Path(target)
+    pattern = re.compile(rf"^\.{re.escape(target.name)}\.(?:tmp|old)-(?:(\d+)-)?")
+    removed = []
+    if not target.parent.is_dir():
+        return removed
+    for p in target.parent.iterdir():
+        m = pattern.match(p.name)
+        if m is None or (m.group(1) is not None and _alive(int(m.group(1)))):
+            continue
+        if p.is_dir() and not p.is_symlink():
+            shutil.rmtree(p, ignore_errors=True)
+        else:
+            p.unlink(missing_ok=True)
+        removed.append(p)
+    return removed
+
+
 @contextlib.contextmanager
 def atomic_dir(target: Path) -> Iterator[Path]:
     """Yield a fresh temp dir next to `target`; on success it replaces `target`, on error it is removed."""
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+    remove_stale(target)
+    tmp = Path(tempfile.mkdtemp(prefix=_prefix(target, "tmp"), dir=target.parent))
     try:
         yield tmp
         if target.exists():
             # Move the old one aside first so the swap is two renames, never a half-deleted tree.
-            old = Path(tempfile.mkdtemp(prefix=f".{target.name}.old-", dir=target.parent))
+            old = Path(tempfile.mkdtemp(prefix=_prefix(target, "old"), dir=target.parent))
             os.replace(target, old / target.name)
             os.replace(tmp, target)
             shutil.rmtree(old, ignore_errors=True)
@@ -36,7 +78,8 @@ def atomic_dir(target: Path) -> Iterator[Path]:
 def write_bytes_atomic(path: Path, data: bytes) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    remove_stale(path)
+    fd, tmp = tempfile.mkstemp(prefix=_prefix(path, "tmp"), dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)

@@ -79,18 +79,113 @@ def _save_result(args: argparse.Namespace) -> int:
     return 0
 
 
+def _check_instances(instances: dict[str, str], data_root: str, source: str) -> None:
+    """run.instances against the dataset at data_root, when it is on disk (else the data stage builds or
+    checks it first): each instance must be in it, under the category it has there."""
+    from prpg.data import DatasetError, load_dataset
+    from prpg.params import ParamsError
+
+    if not instances or not Path(data_root).is_dir():
+        return
+    try:
+        ds = load_dataset(data_root)
+    except DatasetError:
+        return  # a broken dataset: the data stage lists its problems, naming the files
+    info = ds.root / f"{ds.name}_info.json"  # what names the instances and their categories
+    where = info if info.is_file() else ds.root / "train"
+    known = {i.name: i.category for i in ds.instances}
+    for name, category in instances.items():
+        if name not in known:
+            raise ParamsError(f"{source}: run.instances.{name}: no instance {name!r} in {where} (the dataset "
+                              f"common.data_root holds now); use one of its names, or `prpg exp NAME --instances test`")
+        if known[name] != category:
+            raise ParamsError(f"{source}: run.instances.{name} is {category!r}, but {where} has {name} in category "
+                              f"{known[name]!r}; set run.instances.{name}: {known[name]}")
+
+
+def _check_params(params_file: Path, source: str, root: Path = Path(".")) -> None:
+    """What `dvc repro` will read, before DVC starts: every params group, and run.instances against the
+    dataset on disk."""
+    from prpg.params import load_params
+
+    params = load_params(params_file, source=source, root=root)
+    _check_instances(params["run"].instances, params["common"].data_root, source)
+
+
+def _apply_overrides(params_file: Path, values: list[str]) -> None:
+    """DVC's own `-S` code (as `dvc exp run`); a bad override fails naming itself."""
+    from dvc.exceptions import InvalidArgumentError
+    from dvc.utils.hydra import apply_overrides
+
+    try:
+        apply_overrides(str(params_file), values)
+        return
+    except InvalidArgumentError:
+        pass
+    for v in values:  # find the one DVC refused (its error does not say)
+        try:
+            apply_overrides(str(params_file), [v])
+        except InvalidArgumentError as err:
+            why = " ".join(line for line in str(err.__cause__ or err).splitlines() if not line.startswith("See "))
+            raise ValueError(f"-S {v!r}: not a valid override ({why}); write KEY=VALUE in Hydra's syntax, "
+                             "e.g. -S train.lr=0.001") from None
+
+
+def _check_exp_params(name: str, instances: dict[str, str] | None, extra: list[str]) -> None:
+    """params.yaml with the experiment's overrides (each run of a sweep), on a temp copy, validated."""
+    import shutil
+    import tempfile
+
+    from prpg.experiments import overrides, set_instances, single_runs
+    from prpg.params import ParamsError
+
+    if not Path("params.yaml").is_file():
+        raise ParamsError("params.yaml: not found; run prpg exp from the repository root")
+    with tempfile.TemporaryDirectory() as tmp:
+        copy = Path(tmp) / "params.yaml"
+        for run in single_runs(overrides(name, extra)):
+            shutil.copy("params.yaml", copy)
+            if instances:
+                set_instances(copy, instances)
+            _apply_overrides(copy, run)
+            _check_params(copy, f"params.yaml with the overrides of `prpg exp {name}`")
+
+
+def _check_jobs(jobs: int | None, gpus: tuple[str, ...]) -> None:
+    if jobs is not None and jobs < 1:
+        raise ValueError(f"--jobs {jobs}: use 1 or more stage groups at once")
+    if gpus and jobs is not None and jobs > len(gpus):
+        raise ValueError(f"--jobs {jobs} with {len(gpus)} GPU(s) (--gpus {','.join(gpus)}): each chain runs on a "
+                         f"GPU of its own; use --jobs {len(gpus)} or fewer, or leave --jobs out")
+
+
 def _exp(args: argparse.Namespace) -> int:
     import subprocess
 
     from prpg.cluster import gpu_options
-    from prpg.experiments import command, data_root_of, instances_of, set_instances, shell, write_params
+    from prpg.experiments import command, data_root_of, instances_of, resolve, set_instances, shell, write_params
 
+    resolve(args.name)  # an unknown name fails first, listing the known parts
     args.jobs, gpus = gpu_options(args.jobs, args.gpus, default_jobs=None)
+    _check_jobs(args.jobs, gpus)
+    if args.jobs is not None and (args.queue or args.dry):
+        raise SystemExit("prpg exp: --jobs runs the experiment here and now; it takes no --queue or --dry")
+    if not args.instances and (args.per_category is not None or args.offset):
+        raise ValueError("--per-category and --offset pick instances of --instances test|val; add --instances")
+    if args.per_category is not None and args.per_category < 1:
+        raise ValueError(f"--per-category {args.per_category}: use 1 or more (or leave it out: every instance)")
+    if args.offset < 0:
+        raise ValueError(f"--offset {args.offset}: use 0 or more (the offset-th instance of each category)")
 
     instances = None
     if args.instances:
         root = args.data_root or data_root_of(args.name)
-        instances = instances_of(root, split=args.instances, per_category=args.per_category, offset=args.offset)
+        try:
+            instances = instances_of(root, split=args.instances, per_category=args.per_category, offset=args.offset)
+        except ValueError as err:
+            offset = f" --offset {args.offset}" if args.offset else ""
+            raise ValueError(f"--instances {args.instances}{offset}: {err}") from None
+    _check_exp_params(args.name, instances, args.set)  # before anything is written or DVC starts
     if args.jobs is None:
         cmd = command(args.name, queue=args.queue, extra=args.set)
         if instances:
@@ -100,8 +195,6 @@ def _exp(args: argparse.Namespace) -> int:
                 set_instances("params.yaml", instances)
         print(shell(cmd))
         return 0 if args.dry else subprocess.call(cmd)
-    if args.queue or args.dry:
-        raise SystemExit("prpg exp: --jobs runs the experiment here and now; it takes no --queue or --dry")
     from prpg.repro import repro
 
     values = write_params(args.name, "params.yaml", instances, args.set)
@@ -118,6 +211,8 @@ def _repro(args: argparse.Namespace) -> int:
     from prpg.repro import repro
 
     jobs, gpus = gpu_options(args.jobs, args.gpus, default_jobs=3)
+    _check_jobs(jobs, gpus)
+    _check_params(Path("params.yaml"), "params.yaml")  # before DVC starts
     repro(jobs, gpus=gpus)
     return 0
 

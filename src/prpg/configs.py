@@ -7,33 +7,72 @@ a typo in params.yaml (or `dvc exp run -S`) fails at once naming the key. No tor
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import ConfigDict, Field, field_validator
+import re
+from pathlib import Path
+
+from pydantic import ConfigDict, Field, ValidationInfo, field_validator
 from pydantic.dataclasses import dataclass
+
+from prpg.models import PAPER_BACKBONES  # a plain dict: no torch import
+from prpg.prompts import PROMPT_SETS
+
+# Constrained element types (a bad element names its index, e.g. pretrain.generator.vae_channels.1).
+PosInt = Annotated[int, Field(ge=1)]
+Share = Annotated[float, Field(ge=0.0, le=1.0)]
+Beta = Annotated[float, Field(ge=0.0, lt=1.0)]
+
+# Backbones the loaders (prpg.models.load_backbone) take: a paper name, the toybox encoder, a local timm folder,
+# or a Hugging Face hub id `org/name[@revision]` (loaded as hf-hub:<id>, as the paper names are).
+BACKBONE_NAMES = ("toybox", *PAPER_BACKBONES)
+_HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*(@[\w./-]+)?")
+
+
+def check_backbone(value: str, info: ValidationInfo | None = None) -> str:
+    """A supported backbone name, an existing local folder (relative to the params file's folder when
+    validated with context {"root": ...}, else the cwd) or a hub id; else a ValueError listing them."""
+    root = Path((info.context or {}).get("root", ".")) if info is not None else Path(".")
+    if value in BACKBONE_NAMES or (root / value).is_dir():
+        return value
+    looks_local = value.startswith((".", "/", "~", "models/")) or value.count("/") > 1
+    if _HUB_ID.fullmatch(value) and not looks_local:
+        return value
+    what = f"local folder {value!r} does not exist" if looks_local else f"unknown backbone {value!r}"
+    raise ValueError(f"{what}; use one of {', '.join(BACKBONE_NAMES)}, a local timm folder, "
+                     "or a hub id org/name[@revision]")
+
+
+def check_prompt_file(value: str, info: ValidationInfo | None = None) -> str:
+    """A shipped prompt set or an existing JSON file (as prpg.prompts.prompt_path takes it)."""
+    root = Path((info.context or {}).get("root", ".")) if info is not None else Path(".")
+    if value in PROMPT_SETS or (root / value).is_file():
+        return value
+    raise ValueError(f"unknown prompt set {value!r} (no such file either); use one of {', '.join(PROMPT_SETS)} "
+                     "or the path of a JSON file {category or instance: [sentences]}")
 
 
 @dataclass(frozen=True, config=ConfigDict(extra="forbid"))
 class GeneratorConfig:
-    resolution: int = 64
-    vae_channels: tuple[int, ...] = (16, 32, 64)  # 3 levels: 64 px -> 16x16 latents
-    latent_channels: int = 4
-    unet_channels: tuple[int, ...] = (32, 64, 128)
-    attention_head_dim: int = 8
-    text_hidden: int = 64
-    text_layers: int = 2
-    text_heads: int = 2
-    max_length: int = 32  # toybox captions are short; SD uses 77
-    vae_steps: int = 800
-    vae_batch: int = 16
+    resolution: int = Field(64, ge=8)
+    vae_channels: tuple[PosInt, ...] = Field((16, 32, 64), min_length=1)  # 3 levels: 64 px -> 16x16 latents
+    latent_channels: int = Field(4, ge=1)
+    unet_channels: tuple[PosInt, ...] = Field((32, 64, 128), min_length=1)
+    attention_head_dim: int = Field(8, ge=1)
+    text_hidden: int = Field(64, ge=1)
+    text_layers: int = Field(2, ge=1)
+    text_heads: int = Field(2, ge=1)
+    max_length: int = Field(32, ge=1)  # toybox captions are short; SD uses 77
+    vae_steps: int = Field(800, ge=1)
+    vae_batch: int = Field(16, ge=1)
     vae_crop: int | None = Field(None, gt=0)  # train on random crops of this size (None: whole images)
-    vae_lr: float = 1e-3
-    vae_kl_weight: float = 1e-6
-    unet_steps: int = 6000
-    unet_batch: int = 16
-    unet_lr: float = 1e-3
+    vae_lr: float = Field(1e-3, gt=0)
+    vae_kl_weight: float = Field(1e-6, ge=0)
+    unet_steps: int = Field(6000, ge=1)
+    unet_batch: int = Field(16, ge=1)
+    unet_lr: float = Field(1e-3, gt=0)
     snr_gamma: float | None = Field(5.0, gt=0)  # min-SNR loss weighting (None: plain epsilon MSE)
-    caption_dropout: float = 0.1
+    caption_dropout: float = Field(0.1, ge=0.0, le=1.0)
     # Share of training samples whose caption is replaced by the image's bare category prompt ("a photo of a
     # mug"): every toybox caption names a background, so without this the prompt the gates, the
     # DreamBooth class images and the negatives use is one the generator never saw (0: off).
@@ -50,7 +89,16 @@ class GeneratorConfig:
     # only). At 64 px a pool object spans ~5x5 latents, too few for its shape; SD's own "a photo of a mug"
     # samples show the object large, and real pool photos cropped so are recognised 0.80-0.88 vs 0.75 whole.
     object_zoom: tuple[float, float] | None = None
-    ema_decay: float = 0.999
+    ema_decay: float = Field(0.999, ge=0.0, le=1.0)
+
+    def __post_init__(self) -> None:
+        # the VAE halves the side at each level but the last, the UNet likewise on the latents
+        factor = 2 ** (len(self.vae_channels) - 1) * 2 ** (len(self.unet_channels) - 1)
+        if self.resolution % factor:
+            raise ValueError(f"resolution {self.resolution} must be a multiple of {factor} (2 ** (levels - 1) of "
+                             "vae_channels times that of unet_channels)")
+        if self.text_hidden % self.text_heads:
+            raise ValueError(f"text_hidden {self.text_hidden} must be a multiple of text_heads {self.text_heads}")
 
     @field_validator("object_zoom")
     @classmethod
@@ -63,21 +111,21 @@ class GeneratorConfig:
 
 @dataclass(frozen=True, config=ConfigDict(extra="forbid"))
 class EncoderConfig:
-    image_size: int = 64  # 8x8 patch grid at 64 px; dense tasks run it at 128 px (16x16) with interpolated pos-embeds
-    resize: int = 73  # DINOv2's 256 -> 224 ratio
-    patch_size: int = 8
-    embed_dim: int = 64
-    depth: int = 4
-    heads: int = 4
-    steps: int = 12000  # ViTs from scratch need many epochs (8000 x 32 plain CE: 0.58 val probe)
-    batch: int = 64
-    lr: float = 2e-3
-    weight_decay: float = 0.05
+    image_size: int = Field(64, ge=1)  # 8x8 patch grid at 64 px; dense tasks run it at 128 px (16x16) with interpolated pos-embeds
+    resize: int = Field(73, ge=1)  # DINOv2's 256 -> 224 ratio
+    patch_size: int = Field(8, ge=1)
+    embed_dim: int = Field(64, ge=1)
+    depth: int = Field(4, ge=1)
+    heads: int = Field(4, ge=1)
+    steps: int = Field(12000, ge=1)  # ViTs from scratch need many epochs (8000 x 32 plain CE: 0.58 val probe)
+    batch: int = Field(64, ge=1)
+    lr: float = Field(2e-3, gt=0)
+    weight_decay: float = Field(0.05, ge=0)
     # Patch-level category loss ("token labeling"): 64 labels per image instead of 1 (0 turns it off).
     token_label_weight: float = Field(1.0, ge=0.0)
     # Shares of the training views (prpg.zoo.encoder.VIEWS): square object crop, tight mask box through
     # the eval transform (how the filter and the gates crop objects), whole scene.
-    view_mix: tuple[float, float, float] = (0.35, 0.35, 0.3)
+    view_mix: tuple[Share, Share, Share] = (0.35, 0.35, 0.3)
     # Instances of a category differ in palette and pattern, categories in shape: inside the mask the
     # object gets another object's pattern or a flat colour, outside it another background, and the
     # channel order is shuffled. (Plain hue jitter kept the patterns: 84 % train accuracy on the pool,
@@ -88,26 +136,36 @@ class EncoderConfig:
     jitter: float = Field(0.3, ge=0.0, le=1.0)  # brightness and contrast
     grayscale: float = Field(0.2, ge=0.0, le=1.0)
 
+    def __post_init__(self) -> None:
+        if self.image_size % self.patch_size:
+            raise ValueError(f"image_size {self.image_size} must be a multiple of patch_size {self.patch_size}")
+        if self.resize < self.image_size:
+            raise ValueError(f"resize {self.resize} must be >= image_size {self.image_size} (resize, then center-crop)")
+        if self.embed_dim % self.heads:
+            raise ValueError(f"embed_dim {self.embed_dim} must be a multiple of heads {self.heads}")
+        if sum(self.view_mix) <= 0:
+            raise ValueError(f"view_mix {self.view_mix}: at least one share must be > 0")
+
 
 @dataclass(frozen=True, config=ConfigDict(extra="forbid"))
 class DreamBoothConfig:
-    steps: int = 400
-    lr: float = 2e-6
-    batch: int = 1
-    prior_weight: float = 1.0
+    steps: int = Field(400, ge=1)
+    lr: float = Field(2e-6, gt=0)
+    batch: int = Field(1, ge=1)
+    prior_weight: float = Field(1.0, ge=0)
     train_text_encoder: bool = True
     identifier: str = "<new1>"
-    max_grad_norm: float = 1.0
+    max_grad_norm: float = Field(1.0, gt=0)
     # Stage "personalize" (prpg.dreambooth; PAPER_DREAMBOOTH / TOYBOX_DREAMBOOTH hold the two full settings).
     mode: Literal["full", "lora"] = "full"  # lora: peft adapters on the attention projections only
     masked: bool = False  # instance loss weighted by the train mask on the latent grid
-    lora_rank: int = 4
-    lora_alpha: float = 4.0
-    num_class_images: int = 200  # prior-preservation images per category
-    class_steps: int = 50  # sampler steps / CFG / batch for the class images (SD pipeline defaults)
-    class_guidance: float = 7.5
-    class_batch: int = 4
-    resolution: int | None = None  # None: the generator's native size (SD 1.5: 512, toybox: 64)
+    lora_rank: int = Field(4, ge=1)
+    lora_alpha: float = Field(4.0, gt=0)
+    num_class_images: int = Field(200, ge=1)  # prior-preservation images per category
+    class_steps: int = Field(50, ge=1)  # sampler steps / CFG / batch for the class images (SD pipeline defaults)
+    class_guidance: float = Field(7.5, ge=0)
+    class_batch: int = Field(4, ge=1)
+    resolution: int | None = Field(None, ge=8, multiple_of=8)  # None: the generator's native size (SD 1.5: 512, toybox: 64)
     center_crop: bool = False  # the reference random-crops
     random_flip: bool = False  # the reference does not flip
     gradient_checkpointing: bool = False
@@ -136,6 +194,8 @@ class SynthesizeConfig:
     scheduler: Scheduler = "default"  # default = the pipeline's own (PNDM for SD 1.5), as the reference
     batch: int = Field(4, ge=1)
     identifier: str = "<new1>"
+
+    _prompt_file = field_validator("prompt_file")(check_prompt_file)
 
 
 @dataclass(frozen=True, config=ConfigDict(extra="forbid"))
@@ -176,6 +236,8 @@ class CutPasteConfig:
     scheduler: Scheduler = "default"
     batch: int = Field(8, ge=1)
 
+    _prompt_file = field_validator("background_prompt_file")(check_prompt_file)
+
     def __post_init__(self) -> None:
         if self.scale_min > self.scale_max:
             raise ValueError(f"CutPasteConfig: scale_min {self.scale_min} > scale_max {self.scale_max}")
@@ -199,6 +261,8 @@ class FilterConfig:
     max_attempts: int = Field(5000, ge=1)  # images looked at, localized or not (ref. max_image_count)
     keep_rejected: int | Literal["all"] = 15  # rejected images saved for inspection (reference: first 15)
 
+    _backbone = field_validator("backbone")(check_backbone)
+
     def __post_init__(self):
         if isinstance(self.keep_rejected, int) and self.keep_rejected < 0:
             raise ValueError(f"keep_rejected must be >= 0 or 'all', got {self.keep_rejected}")
@@ -221,7 +285,7 @@ class TrainConfig:
     lora_alpha: float = Field(0.5, gt=0)  # scaling alpha / r = 0.03125
     lora_dropout: float = Field(0.3, ge=0, lt=1)
     lr: float = Field(3e-4, gt=0)
-    betas: tuple[float, float] = (0.5, 0.999)
+    betas: tuple[Beta, Beta] = (0.5, 0.999)
     weight_decay: float = Field(0.0, ge=0)
     batch: int = Field(16, ge=1)
     epochs: int = Field(2, ge=1)

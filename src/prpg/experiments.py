@@ -57,14 +57,22 @@ SWEEPS = {
 }
 
 
+class UnknownExperimentError(KeyError, ValueError):
+    """An experiment name with an unknown part. A KeyError (what callers caught so far) and a ValueError
+    (so `prpg` prints it as one line); str() is the plain message, not KeyError's quoted repr."""
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else ""
+
+
 def paper_experiment(dataset: str, backbone: str, method: str = "masked_dreambooth") -> dict:
     """Overrides of one paper run, e.g. paper_experiment("pods", "dinov2_vitb14")."""
     if dataset not in DATASETS:
-        raise KeyError(f"unknown dataset {dataset!r}; known: {', '.join(DATASETS)}")
+        raise UnknownExperimentError(f"unknown dataset {dataset!r}; known: {', '.join(DATASETS)}")
     if backbone not in BACKBONES:
-        raise KeyError(f"unknown backbone {backbone!r}; known: {', '.join(BACKBONES)}")
+        raise UnknownExperimentError(f"unknown backbone {backbone!r}; known: {', '.join(BACKBONES)}")
     if method not in METHODS:
-        raise KeyError(f"unknown method {method!r}; known: {', '.join(METHODS)}")
+        raise UnknownExperimentError(f"unknown method {method!r}; known: {', '.join(METHODS)}")
     return {**PAPER, **DATASETS[dataset], "models.backbone": backbone, **METHODS[method]}
 
 
@@ -76,12 +84,12 @@ def resolve(name: str) -> dict:
         i = parts.index("sweep")
         key = "-".join(parts[i + 1 :])
         if key not in SWEEPS:
-            raise KeyError(f"unknown sweep {key!r}; known: {', '.join(SWEEPS)}")
+            raise UnknownExperimentError(f"unknown sweep {key!r}; known: {', '.join(SWEEPS)}")
         sweep, parts = SWEEPS[key], parts[:i]
     if parts[0] == "toybox":
         method = parts[1] if len(parts) > 1 else "dreambooth"
         if method not in METHODS:
-            raise KeyError(f"unknown method {method!r}; known: {', '.join(METHODS)}")
+            raise UnknownExperimentError(f"unknown method {method!r}; known: {', '.join(METHODS)}")
         return {**METHODS[method], **sweep}
     dataset, backbone, *rest = parts + [""] * (2 - len(parts))
     return {**paper_experiment(dataset, backbone, rest[0] if rest else "masked_dreambooth"), **sweep}

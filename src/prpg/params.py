@@ -7,11 +7,12 @@ fails at once with the dotted key that is wrong, instead of silently running wit
 
 from __future__ import annotations
 
+import difflib
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator, model_validator
 from pydantic.dataclasses import dataclass
 
 from prpg.configs import (
@@ -24,6 +25,7 @@ from prpg.configs import (
     NegativesConfig,
     SynthesizeConfig,
     TrainConfig,
+    check_backbone,
 )
 
 
@@ -36,7 +38,7 @@ class _Group(BaseModel):
 
 
 class CommonParams(_Group):
-    seed: int = 0
+    seed: int = Field(0, ge=0)
     device: Literal["cpu", "cuda", "auto"] = "cpu"
     # torch's CPU threads in each stage process. Pinned, because CPU results depend on it (a reduction
     # split over more threads adds in another order): 2 gives the committed toybox metrics on any
@@ -85,7 +87,7 @@ class GatesParams(_Group):
 
     samples_per_category: int = Field(16, ge=1)
     sample_steps: int = Field(50, ge=1)  # SD's pipeline default
-    guidance: float = 5.0  # the paper's best CFG
+    guidance: float = Field(5.0, ge=0)  # the paper's best CFG
     dreambooth_instance: str = "mug_06"  # the first test-split mug
     dreambooth_class_images: int = Field(32, ge=1)
     dreambooth_samples: int = Field(16, ge=1)
@@ -114,6 +116,21 @@ class RunParams(_Group):
     instances: dict[str, str] = {}
 
     @model_validator(mode="after")
+    def _names(self) -> RunParams:
+        # Names become stage names, folders and command-line arguments: data, never code or paths.
+        from prpg.data.names import case_duplicates, name_error
+
+        bad = [f"run.instances: {m}" for k in self.instances if (m := name_error(k, "instance name"))]
+        bad += [f"run.instances[{k!r}]: {m}" for k, v in self.instances.items() if (m := name_error(v, "category"))]
+        bad += [f"run.categories: {m}" for c in self.categories if (m := name_error(c, "category"))]
+        for key, names in (("run.instances", list(self.instances)), ("run.categories", self.categories)):
+            bad += [f"{key}: {' and '.join(map(repr, g))} differ only by case (one folder on case-insensitive "
+                    "file systems); rename one" for g in case_duplicates(names)]
+        if bad:
+            raise ValueError("; ".join(bad))
+        return self
+
+    @model_validator(mode="after")
     def _known_categories(self) -> RunParams:
         unknown = sorted(set(self.instances.values()) - set(self.categories))
         if unknown:
@@ -128,6 +145,8 @@ class ModelsParams(_Group):
 
     generator: str = "models/toybox/generator"  # paper: stable-diffusion-v1-5/stable-diffusion-v1-5
     backbone: str = "toybox"  # paper: dinov2_vitb14 | clip_vitb16 | mae_vitb16
+
+    _backbone = field_validator("backbone")(check_backbone)  # a supported name, a local folder or a hub id
 
     @model_validator(mode="after")
     def _local_models_under_models_dir(self) -> ModelsParams:
@@ -189,39 +208,78 @@ GROUPS: dict[str, Any] = {
 
 
 def _format(group: str, err: ValidationError, source: str) -> str:
-    lines = [f"{source}: invalid parameters in group '{group}':"]
+    """One line: every wrong dotted key with its value and what is wrong, then what to do."""
+    problems = []
     for e in err.errors():
         key = ".".join([group, *(str(p) for p in e["loc"])])
-        lines.append(f"  {key}: {e['msg']}")
-    lines.append("Fix params.yaml (or the -S override) and run again.")
-    return "\n".join(lines)
+        value = "" if isinstance(e.get("input"), dict) else f" = {e.get('input')!r}"
+        msg = e["msg"].removeprefix("Value error, ")
+        if e["type"] in ("extra_forbidden", "unexpected_keyword_argument"):  # models / dataclasses say it apart
+            msg = "unknown key (no such parameter: check the spelling)"
+        # A whole-group check whose message already names its keys ("run.instances: ...") is not prefixed again.
+        problems.append(msg if not e["loc"] and msg.startswith(f"{group}.") else f"{key}{value}: {msg}")
+    return (f"{source}: invalid parameters in group '{group}': {'; '.join(problems)}; "
+            "fix params.yaml (or the -S override) and run again")
 
 
-def parse_group(group: str, values: dict[str, Any] | None, source: str = "params.yaml") -> Any:
-    """Validate one group's dict (as papermill injects it) into its typed model."""
+def _did_you_mean(name: str) -> str:
+    close = difflib.get_close_matches(name, GROUPS, n=1)
+    return f"did you mean '{close[0]}'? " if close else ""
+
+
+def parse_group(group: str, values: dict[str, Any] | None, source: str = "params.yaml",
+                root: str | Path | None = None) -> Any:
+    """Validate one group's dict (as papermill injects it) into its typed model. Local model folders are
+    looked up under `root` (default: the folder of `source`)."""
     if group not in GROUPS:
-        raise ParamsError(f"{source}: unknown params group '{group}' (known: {', '.join(GROUPS)})")
+        raise ParamsError(f"{source}: unknown params group '{group}' ({_did_you_mean(group)}known: {', '.join(GROUPS)})")
     if values is not None and not isinstance(values, dict):
-        raise ParamsError(f"{source}: group '{group}' must be a mapping, got {type(values).__name__}")
+        raise ParamsError(f"{source}: group '{group}' must be a mapping of keys to values, got "
+                          f"{type(values).__name__} {repr(values)[:80]}; fix params.yaml (or the -S override)")
+    root = Path(source).parent if root is None else Path(root)
     try:
-        return TypeAdapter(GROUPS[group]).validate_python(values or {})
+        return TypeAdapter(GROUPS[group]).validate_python(values or {}, context={"root": root})
     except ValidationError as err:
         raise ParamsError(_format(group, err, source)) from None
 
 
-def load_params(path: str | Path = "params.yaml") -> dict[str, Any]:
-    """Read and validate every known group of params.yaml; unknown top-level groups are an error."""
+def load_params(path: str | Path = "params.yaml", source: str | None = None,
+                root: str | Path | None = None) -> dict[str, Any]:
+    """Read and validate every known group of params.yaml; unknown top-level groups are an error.
+    Messages name `source` (default: the path); local model folders are looked up under `root`
+    (default: the file's folder)."""
     path = Path(path)
+    name = source or str(path)
+    root = path.parent if root is None else root
     try:
         raw = yaml.safe_load(path.read_text()) or {}
     except FileNotFoundError:
-        raise ParamsError(f"{path}: not found; run from the repository root") from None
+        raise ParamsError(f"{name}: not found; run from the repository root") from None
     except yaml.YAMLError as err:
-        raise ParamsError(f"{path}: not valid YAML: {err}") from None
+        raise ParamsError(f"{name}: not valid YAML: {' '.join(str(err).split())}") from None
+    if not isinstance(raw, dict):
+        raise ParamsError(f"{name}: must be a mapping of params groups (common, data, ...), got {type(raw).__name__}")
     unknown = sorted(set(raw) - set(GROUPS))
     if unknown:
-        raise ParamsError(f"{path}: unknown params group(s) {unknown} (known: {', '.join(GROUPS)})")
-    return {name: parse_group(name, raw.get(name), str(path)) for name in GROUPS}
+        raise ParamsError(f"{name}: unknown params group(s) {unknown} ({_did_you_mean(unknown[0])}"
+                          f"known: {', '.join(GROUPS)})")
+    groups = {group: parse_group(group, raw.get(group), name, root) for group in GROUPS}
+    check_dataset_pairing(groups["common"], root, name)
+    return groups
+
+
+def check_dataset_pairing(common: CommonParams, root: str | Path = ".", source: str = "params.yaml") -> None:
+    """common.dataset IS the name of the dataset under common.data_root (the prefix of its
+    `<name>_info.json`, which the priors stage depends on): a mismatch is a ParamsError naming both.
+    A dataset not downloaded or built yet has nothing to disagree with."""
+    from prpg.data.dataset import DatasetError, check_dataset_name
+    from prpg.data.names import BadNameError, check_name
+
+    try:
+        check_name(common.dataset, "dataset name", "common.dataset")
+        check_dataset_name(Path(root) / common.data_root, common.dataset, missing_ok=True)
+    except (BadNameError, DatasetError) as err:
+        raise ParamsError(f"{source}: {err}; fix params.yaml (or the -S override)") from None
 
 
 def setup_device(common: CommonParams) -> str:

@@ -38,6 +38,7 @@ from tqdm.auto import tqdm
 
 from prpg import prompts as prompt_files
 from prpg.atomic import atomic_dir
+from prpg.data.names import contained
 from prpg.configs import CutPasteConfig, NEGATIVE_PROMPT, NegativesConfig, Scheduler, SynthesizeConfig  # noqa: F401 (re-exported)
 from prpg.paths import ensure_not_under_data
 
@@ -189,9 +190,14 @@ def _is_complete(folder: Path, record: dict, n: int) -> bool:
 
 def _shared(pipe, kind: str, category: str, prompts: list[str], folder: Path, seed: int,
             settings: dict) -> Path:
-    """Generate once per category; a later instance of the category reuses the folder as is."""
+    """Generate once per category; a later instance of the category reuses the folder as is, when it
+    was made with this record: every setting, and the generator's weights (a fingerprint, as the class
+    images are keyed), not only its name, which a fine-tuned or regenerated model keeps."""
+    from prpg.class_images import generator_fingerprint  # here: this module stays torch-free at import
+
     record = {"kind": kind, "category": category, "seed": seed, "prompts": prompts,
-              "generator": str(getattr(pipe, "name_or_path", None) or ""), **settings}
+              "generator": str(getattr(pipe, "name_or_path", None) or ""),
+              "generator_weights": generator_fingerprint(pipe), "resolution": _resolution(pipe), **settings}
     if _is_complete(folder, record, len(prompts)):
         return folder
     seeds = image_seeds(seed, f"{kind}/{category}", len(prompts))
@@ -257,6 +263,7 @@ def generate_backgrounds(frozen_pipe, category: str, backgrounds_root: Path, cfg
     prompts = [scenes[i % len(scenes)] for i in range(cfg.n_generated_backgrounds)]
     settings = {k: getattr(cfg, k) for k in ("guidance", "steps", "scheduler", "batch")}
     folder = Path(backgrounds_root) / category
+    contained(backgrounds_root, category, "category")  # it may come from a dataset's class_to_sc
     return _shared(frozen_pipe, "backgrounds", category, prompts, folder, seed, settings)
 
 

@@ -9,18 +9,23 @@ from prpg.data.dataset import (
     DatasetError,
     ImageRecord,
     Instance,
+    check_dataset_name,
+    layout_problems,
     load_dataset,
     natural_key,
 )
 from prpg.data.download import DATASET_URLS, DownloadError, download_dataset
 from prpg.data.images import IMAGE_EXTENSIONS, load_image, load_mask, mask_to_box, to_rgb
+from prpg.data.names import NAME_RULE, BadNameError, check_name, contained
 
 __all__ = [
     "DATASET_URLS",
     "IMAGE_EXTENSIONS",
     "INSTANCE_SPLITS",
+    "NAME_RULE",
     "SPLITS",
     "TEST_SPLITS",
+    "BadNameError",
     "Dataset",
     "DatasetError",
     "DownloadError",
@@ -28,8 +33,12 @@ __all__ = [
     "Instance",
     "Problem",
     "check_dataset",
+    "check_dataset_name",
+    "check_name",
+    "contained",
     "download_dataset",
     "format_report",
+    "layout_problems",
     "load_dataset",
     "load_image",
     "load_mask",

@@ -25,25 +25,20 @@ from prpg.data.dataset import (
     INSTANCE_SPLITS,
     SPLITS,
     TEST_SPLITS,
+    Problem,
     anno_keys,
     anno_matches,
+    layout_problems,
     list_folders,
     list_images,
     normalize_anno_key,
+    outside_links,
+    single_file,
 )
 from prpg.data.images import load_mask
 
 INFO_KEYS = ("class_to_idx", "class_to_sc", "class_to_split")
 ROTATING_ORIENTATIONS = (5, 6, 7, 8)  # EXIF orientations that swap width and height
-
-
-@dataclass(frozen=True)
-class Problem:
-    path: Path
-    message: str  # what is wrong, then what to do
-
-    def __str__(self) -> str:
-        return f"{self.path}: {self.message}"
 
 
 def format_report(problems: list[Problem]) -> str:
@@ -186,16 +181,6 @@ def _check_info(path: Path, problems: list[Problem]) -> list[str] | None:
     return list(dict.fromkeys(classes))
 
 
-def _find_json(root: Path, suffix: str, problems: list[Problem]) -> Path | None:
-    found = sorted(root.glob(f"*{suffix}"))
-    if len(found) > 1:
-        problems.append(
-            Problem(root, f"several *{suffix} files ({', '.join(p.name for p in found)}); keep exactly one")
-        )
-        return None
-    return found[0] if found else None
-
-
 def _check_stems(paths: list[Path], what: str, problems: list[Problem]) -> dict[str, Path]:
     by_stem: dict[str, Path] = {}
     for p in paths:
@@ -303,32 +288,23 @@ def _check_duplicates(
             problems.append(Problem(p, f"is byte-identical to {paths[0]}; {why}; delete one copy"))
 
 
+def _through(path: Path, links: set[Path]) -> bool:
+    """Whether `path` is one of `links` or lies in a symlinked folder among them."""
+    return path in links or any(parent in links for parent in path.parents)
+
+
 def check_dataset(root: str | Path, *, min_train: int = 3, require_train_masks: bool = True) -> list[Problem]:
     """Every problem in the dataset at `root`, sorted by path then message; [] means ready to use."""
     root = Path(root)
+    # The layout and names: the very function load_dataset refuses a dataset by (one definition).
+    problems = layout_problems(root)
     if not root.is_dir():
-        return [
-            Problem(
-                root,
-                "dataset root does not exist or is not a folder; download or build the dataset "
-                "there, or point to the right path",
-            )
-        ]
-    problems: list[Problem] = []
-    info_path = _find_json(root, INFO_SUFFIX, problems)
-    annos_path = _find_json(root, ANNOS_SUFFIX, problems)
+        return problems
+    info_path, annos_path = single_file(root, INFO_SUFFIX), single_file(root, ANNOS_SUFFIX)
     classes = _check_info(info_path, problems) if info_path is not None else None
 
     train_dir = root / "train"
     folders = list_folders(train_dir)
-    if not train_dir.is_dir():
-        problems.append(
-            Problem(
-                train_dir,
-                "missing; a dataset needs train/<instance>/ folders with the "
-                f"{min_train}+ reference photos of each instance",
-            )
-        )
     if classes is not None:
         for name in classes:
             if name not in folders:
@@ -407,6 +383,12 @@ def check_dataset(root: str | Path, *, min_train: int = 3, require_train_masks: 
                         )
                     )
 
+    # Never read through a symlink out of the dataset (reported above): it may be /dev/zero.
+    outside = set(outside_links(root))
+    owner = {p: o for p, o in owner.items() if not _through(p, outside)}
+    all_masks = [m for m in all_masks if not _through(m, outside)]
+    kept_masks = set(all_masks)
+    pairs = [(i, m) for i, m in pairs if i in owner and m in kept_masks]
     decoded_images, decoded_masks = _decode_all(list(owner), all_masks)
     for p, d in {**decoded_images, **decoded_masks}.items():
         if d.error is not None:

@@ -8,6 +8,7 @@ under the same stem, plus `<name>_info.json` (instances) and an optional `<name>
 from __future__ import annotations
 
 import json
+import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -15,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from prpg.data.images import is_image_file
+from prpg.data.names import BadNameError, case_duplicates, contained, name_error
 
 SPLITS = ("train", "test", "test_dense")
 INSTANCE_SPLITS = ("val", "test", "pool")  # class_to_split values
@@ -25,6 +27,15 @@ ANNOS_SUFFIX = "_image_annos.json"
 
 class DatasetError(ValueError):
     """A dataset on disk that cannot be read as it is; the message names the file and the fix."""
+
+
+@dataclass(frozen=True)
+class Problem:
+    path: Path
+    message: str  # what is wrong, then what to do
+
+    def __str__(self) -> str:
+        return f"{self.path}: {self.message}"
 
 
 @dataclass(frozen=True)
@@ -114,6 +125,178 @@ def normalize_anno_key(key: str) -> str:
     return key.removeprefix("./")
 
 
+# ---------------------------------------------------------------- what a dataset is
+# One function, `layout_problems`, decides whether a folder is a dataset the pipeline can use: the
+# reader raises on what it finds and `prpg data check` reports it, so the two never disagree.
+
+MASK_FOLDERS = tuple(f"{s}_masks" for s in SPLITS)
+NO_INFO = (
+    f"no *{INFO_SUFFIX}: the pipeline reads the instances and their categories from <name>{INFO_SUFFIX} "
+    "(classes, class_to_idx, class_to_sc, class_to_split), <name> being the dataset's name (common.dataset); "
+    "add one (a Python caller may instead pass categories={instance: category} or category=... "
+    "to load_dataset)"
+)
+
+
+def single_file(root: Path, suffix: str) -> Path | None:
+    """The one `*<suffix>` file at the root; None when there is none or several (a layout problem)."""
+    found = sorted(root.glob(f"*{suffix}"))
+    return found[0] if len(found) == 1 else None
+
+
+def dataset_name_of(info_path: Path) -> str:
+    """A dataset's name is its info json's prefix: pods_info.json -> pods."""
+    return info_path.name[: -len(INFO_SUFFIX)]
+
+
+def outside_links(root: Path) -> dict[Path, Path | None]:
+    """Symlinks under root whose target is outside it (link -> target; None for a loop): reading
+    through them takes data from elsewhere, and a link to /dev/zero never ends."""
+    root_real = root.resolve()
+    found: dict[Path, Path | None] = {}
+    for dirpath, dirnames, filenames in os.walk(root):  # does not descend into symlinked folders
+        for name in dirnames + filenames:
+            path = Path(dirpath) / name
+            if not path.is_symlink():
+                continue
+            try:
+                target = path.resolve()
+            except (OSError, RuntimeError):  # a symlink loop
+                found[path] = None
+                continue
+            if not target.is_relative_to(root_real):
+                found[path] = target
+    return found
+
+
+def _try_json(path: Path) -> Any:
+    """Parsed JSON, or None when unreadable (the reader and the check each report that their way)."""
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return None
+
+
+def info_name_problems(info_path: Path, info: Any) -> list[Problem]:
+    """Bad instance and category names in a parsed info json (its other contents are checked elsewhere)."""
+    if not isinstance(info, dict):
+        return []
+    problems = []
+    classes = info.get("classes")
+    classes = [c for c in classes if isinstance(c, str)] if isinstance(classes, list) else []
+    for name in classes:
+        msg = name_error(name, "instance name")
+        if msg:
+            problems.append(Problem(info_path, f"'classes': {msg}"))
+    for group in case_duplicates(classes):
+        problems.append(
+            Problem(info_path, f"'classes' lists {' and '.join(map(repr, group))}, which differ only by case "
+                    "(one folder on case-insensitive file systems); rename one of them")
+        )
+    to_sc = info.get("class_to_sc")
+    for inst, cat in (to_sc.items() if isinstance(to_sc, dict) else ()):
+        msg = name_error(cat, "category") if isinstance(cat, str) and cat else None
+        if msg:
+            problems.append(Problem(info_path, f"class_to_sc[{inst!r}]: {msg}"))
+    return problems
+
+
+def _annos_key_problems(root: Path, annos_path: Path) -> list[Problem]:
+    raw = _try_json(annos_path)
+    problems = []
+    for key in raw if isinstance(raw, dict) else ():
+        try:
+            contained(root, normalize_anno_key(key))
+        except BadNameError:
+            problems.append(
+                Problem(annos_path, f"entry {key!r} points outside the dataset; key entries by a path "
+                        "relative to the dataset root (test/<instance>/<file>), "
+                        "never '..' or an absolute path")
+            )
+    return problems
+
+
+def layout_problems(root: str | Path, *, require_info: bool = True) -> list[Problem]:
+    """What keeps the folder at `root` from being a dataset the pipeline can use, before any image
+    is decoded: the root and train/, exactly one `<name>_info.json` (at most one annos file), every
+    name under the naming rule, no case-only duplicate instances, no symlink out of the dataset, no
+    annos key outside it. `require_info=False` is for Python callers who pass categories themselves."""
+    root = Path(root)
+    if not root.is_dir():
+        return [Problem(root, "dataset root does not exist or is not a folder; download or build the dataset "
+                        "there, or point to the right path")]
+    problems = []
+    for suffix in (INFO_SUFFIX, ANNOS_SUFFIX):
+        found = sorted(root.glob(f"*{suffix}"))
+        if len(found) > 1:
+            problems.append(
+                Problem(root, f"several *{suffix} files ({', '.join(p.name for p in found)}); "
+                        "keep exactly one")
+            )
+    info_path, annos_path = single_file(root, INFO_SUFFIX), single_file(root, ANNOS_SUFFIX)
+    if info_path is not None:
+        msg = name_error(dataset_name_of(info_path), "dataset name (this file's name before _info.json)")
+        if msg:
+            problems.append(Problem(info_path, msg))
+        problems += info_name_problems(info_path, _try_json(info_path))
+    elif require_info and not list(root.glob(f"*{INFO_SUFFIX}")):
+        problems.append(Problem(root, NO_INFO))
+    if annos_path is not None:
+        problems += _annos_key_problems(root, annos_path)
+
+    train_dir = root / "train"
+    if not train_dir.is_dir():
+        problems.append(Problem(train_dir, "missing; a dataset needs train/<instance>/ folders with the "
+                                "reference photos (3 or more) of each instance"))
+    for folder in SPLITS + MASK_FOLDERS:
+        for name in list_folders(root / folder):
+            msg = name_error(name, "instance folder name")
+            if msg:
+                problems.append(Problem(root / folder / name, msg))
+    for group in case_duplicates(list_folders(train_dir)):
+        problems.append(
+            Problem(train_dir, f"instance folders {' and '.join(map(repr, group))} differ only by case "
+                    "(one folder on case-insensitive file systems); rename or merge them")
+        )
+    for link, target in outside_links(root).items():
+        where = f"to {target}, outside the dataset" if target is not None else "in a loop"
+        problems.append(Problem(link, f"is a symlink {where}; a dataset must be self-contained: copy the "
+                                "file or folder into the dataset instead"))
+    return problems
+
+
+def problems_error(root: Path, problems: list[Problem]) -> DatasetError:
+    """One DatasetError listing every problem (load_dataset refuses what `prpg data check` reports)."""
+    if len(problems) == 1:
+        return DatasetError(str(problems[0]))
+    lines = "\n".join(f"  {p}" for p in problems)
+    head = f"{root}: {len(problems)} problems (`prpg data check {root}` lists them all)"
+    return DatasetError(f"{head}:\n{lines}")
+
+
+def check_dataset_name(root: str | Path, dataset: str, *, where: str = "common.dataset",
+                       missing_ok: bool = False) -> None:
+    """The pairing of a dataset's name and its folder made explicit: the dataset at `root` is named by
+    its info json (`<name>_info.json`), and `dataset` (e.g. params common.dataset) must be that name.
+    DatasetError naming both otherwise. `missing_ok`: no root or no info json yet is fine (not built)."""
+    root = Path(root)
+    infos = sorted(root.glob(f"*{INFO_SUFFIX}")) if root.is_dir() else []
+    if not infos:
+        if missing_ok:
+            return
+        raise DatasetError(f"{root}: {NO_INFO}")
+    if len(infos) > 1:
+        raise DatasetError(f"{root}: several *{INFO_SUFFIX} files ({', '.join(p.name for p in infos)}); "
+                           "keep exactly one: its prefix is the dataset's name")
+    name = dataset_name_of(infos[0])
+    if name != dataset:
+        raise DatasetError(
+            f"{where} is {dataset!r} but the dataset at {root} is named {name!r} (its info json is "
+            f"{infos[0]}); a dataset's name is its info json's prefix: set {where}: {name}, or rename the "
+            f"file to {dataset}{INFO_SUFFIX} if the dataset really is {dataset!r}"
+        )
+
+
 @dataclass(frozen=True)
 class Dataset:
     root: Path
@@ -197,7 +380,7 @@ def _instances_from_info(
     for name in classes:
         if not isinstance(to_idx.get(name), int) or isinstance(to_idx.get(name), bool):
             raise DatasetError(f"{info_path}: class_to_idx has no integer for {name!r}; add it")
-        cat = to_sc.get(name) or (categories or {}).get(name) or category
+        cat = to_sc.get(name) or _argument_category(name, categories, category)
         if not cat:
             raise DatasetError(
                 f"{info_path}: class_to_sc has no category for {name!r}; "
@@ -230,7 +413,16 @@ def _instances_from_folders(
             "(classes, class_to_idx, class_to_sc, class_to_split) or pass categories={instance: category} "
             "or category=... to load_dataset"
         )
-    return [Instance(n, k, (categories or {}).get(n) or category, None) for k, n in enumerate(names)]
+    return [Instance(n, k, _argument_category(n, categories, category), None) for k, n in enumerate(names)]
+
+
+def _argument_category(name: str, categories: Mapping[str, str] | None, category: str | None) -> str | None:
+    """The category the caller passed for `name` (None if none), under the naming rule like class_to_sc's."""
+    cat = (categories or {}).get(name) or category
+    msg = name_error(cat, "category") if cat else None
+    if msg:
+        raise DatasetError(f"load_dataset(categories= / category=) for {name!r}: {msg}")
+    return cat
 
 
 def _pair_masks(mask_dir: Path) -> dict[str, Path]:
@@ -249,10 +441,10 @@ def load_dataset(
     train/ folder names, with categories from `categories` (per instance) or `category` (all).
     Masks pair with images by stem (never by list order), so extensions and sort orders may differ."""
     root = Path(root)
-    if not root.is_dir():
-        raise DatasetError(f"{root}: dataset root does not exist; download or build it first")
-    if not (root / "train").is_dir():
-        raise DatasetError(f"{root}: no train/ folder; a dataset needs train/<instance>/<images>")
+    # The same gate as `prpg data check`: whatever it reports about the layout and names, we refuse.
+    problems = layout_problems(root, require_info=not (categories or category))
+    if problems:
+        raise problems_error(root, problems)
     info_path = find_one(root, INFO_SUFFIX)
     if info_path is not None:
         name = info_path.name[: -len(INFO_SUFFIX)]

@@ -12,7 +12,7 @@ from typing import Any
 
 from prpg.atomic import write_text_atomic
 from prpg.data.check import check_dataset, format_report
-from prpg.data.dataset import Dataset, DatasetError, load_dataset
+from prpg.data.dataset import Dataset, DatasetError, check_dataset_name, load_dataset
 from prpg.params import CommonParams, DataParams
 from prpg.paths import ensure_not_under_data
 
@@ -33,8 +33,10 @@ def prepare_dataset(common: CommonParams, data: DataParams, out: Path = DATA_OUT
         root = out / "toybox"
         if not root.exists():  # DVC removes outs before running; in Jupyter we reuse a built world
             build_toybox(out, seed=common.seed, **data.toybox.model_dump(), datasets=("toybox",))
+        check_dataset_name(root, common.dataset)
         return root
     root = Path(common.data_root)
+    check_dataset_name(root, common.dataset)  # later stages read <data_root>/<dataset>_info.json
     problems = check_dataset(root, min_train=data.min_train_images, require_train_masks=data.require_train_masks)
     if problems:
         raise DatasetError(

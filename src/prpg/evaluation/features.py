@@ -6,10 +6,15 @@ whether or not a cache is used, so a warm cache gives exactly the numbers of a c
 
 Cache layout (one folder per dataset and backbone weights, reused by every instance):
     <cache_dir>/<dataset>/<backbone name>-<weights fingerprint[:16]>/
-        global-<feature>-<settings>.safetensors      one (D,) tensor per image, keyed by relative path
-        dense-g<grid>-<settings>/<relative path>.safetensors   "features" (g, g, D) f16, "size" (H, W)
+        global-<feature>-<settings>.safetensors      one (D,) tensor per image, keyed "<relative path>@<sha256>"
+        dense-g<grid>-<settings>/<relative path>@<sha256>.safetensors   "features" (g, g, D) f16, "size" (H, W)
 <settings> hashes the preprocessing (mean, std, resize, crop, patch size), so changing it never reads
-stale features. A PODS dense cache at grid 64 with a ViT-B is ~9 GB (1500 images x 64 x 64 x 768 x 2 B).
+stale features. Every entry is keyed by the sha256 of the image file's bytes, not only its path: a
+rebuilt world (another seed or size) or a fixed photo under the same dataset name is a new entry, never
+the stale one (the dataset name only groups the folders). No mask shapes a cached feature (masks are
+applied to the loaded patches, in dense.py), so masks are not part of the key. The path stays in the key
+so that two identical photos each keep the value of their own batch, as without a cache.
+A PODS dense cache at grid 64 with a ViT-B is ~9 GB (1500 images x 64 x 64 x 768 x 2 B).
 """
 
 from __future__ import annotations
@@ -71,9 +76,24 @@ def relative_key(path: Path, root: Path) -> str:
     return Path(rel).as_posix()
 
 
+def content_hash(path: Path) -> str:
+    """sha256 of the file's bytes: what the cached feature was computed from."""
+    try:
+        with open(path, "rb") as f:
+            return hashlib.file_digest(f, "sha256").hexdigest()
+    except OSError as e:
+        raise DatasetError(f"{path}: cannot read the image ({e.strerror or e})") from None
+
+
+def content_key(path: Path, root: Path) -> str:
+    """The cache key of one image: its path relative to the root and the hash of its bytes."""
+    return f"{relative_key(path, root)}@{content_hash(path)}"
+
+
 def _settings(bb: Backbone, **extra) -> str:
+    # "key" versions the key format: files of the path-only keys of before are never read.
     s = {"mean": list(bb.mean), "std": list(bb.std), "resize": bb.resize, "crop": bb.crop,
-         "patch": bb.patch_size, **extra}
+         "patch": bb.patch_size, "key": "path@sha256", **extra}
     return hashlib.sha1(json.dumps(s, sort_keys=True).encode()).hexdigest()[:10]
 
 
@@ -179,7 +199,7 @@ def cached_features(bb: Backbone, records: Sequence[ImageRecord], cache_dir: Pat
         return embed_records(bb, records, feature, batch, device)
     folder = model_dir(bb, cache_dir, dataset or Path(root).name)
     path = folder / f"global-{feature}-{_settings(bb, feature=feature)}.safetensors"
-    keys = [relative_key(r.path, root) for r in records]
+    keys = [content_key(r.path, root) for r in records]
     stored = _load(path) if path.exists() else {}
     if any(k not in stored for k in keys):
         with _filling(folder):  # another process may have filled it while we waited
@@ -210,7 +230,7 @@ def cached_dense_features(bb: Backbone, records: Sequence[ImageRecord], cache_di
         return dense_records(bb, records, grid, batch, device)
     folder = model_dir(bb, cache_dir, dataset or Path(root).name)
     folder = folder / f"dense-g{grid}-{_settings(bb, grid=grid)}"
-    paths = [folder / f"{relative_key(r.path, root)}.safetensors" for r in records]
+    paths = [folder / f"{content_key(r.path, root)}.safetensors" for r in records]
     if not all(p.exists() for p in paths):
         with _filling(folder):  # checked again per batch: another process may have filled some
             for chunk in _chunks(list(zip(paths, records)), batch):

@@ -31,6 +31,9 @@ from prpg.experiments import command, resolve, set_instances, shell
 SHAPES = ("mini", "paper")
 DEVICES = ("cpu", "cuda", "auto")
 WORLD_SIZE = 512  # a real photo size: SD 1.5's resolution, the paper's dense inputs are larger still
+# Images per instance in each of the 4 PODS test splits: counts too (every instance's evaluation embeds
+# the whole test set, the dense images at 896-1024 px), so the world is smaller than PODS (6 and 3).
+WORLD_TEST_PER_SPLIT, WORLD_DENSE_PER_SPLIT = 2, 1
 # The counts a rehearsal runs with (the rest of the experiment is unchanged). Batch sizes stay: they set
 # peak memory, and a batch larger than its count is clipped to the count.
 REDUCED = {
@@ -58,8 +61,9 @@ NOT_COUNTS = {"filter.threshold": -1.0}
 # encoder, the frozen base pipeline beside the trained copy, checkpointed 512-px activations): the
 # personalize stage's peak RSS measured in a paper-shape rehearsal was 21.5 GB.
 FULL_DREAMBOOTH_BYTES = int(21.6e9)
-# Test images of the whole dataset, which each instance's evaluation embeds (PODS: paper-protocol §2.2).
-DATASET_TEST_IMAGES = {"pods": 10900}
+# Images of the whole dataset that each instance's evaluation embeds (PODS, paper-protocol §2.1-2.3: ~10.9 k
+# test images for classification and retrieval, 1200 test_dense images for detection and segmentation).
+DATASET_EVAL_IMAGES = {"pods": {"test": 10900, "test_dense": 1200}}
 
 
 class RehearsalError(RuntimeError):
@@ -132,6 +136,27 @@ def pick_instances(data_root: Path, k: int) -> dict[str, str]:
     if len(picked) < k:
         raise RehearsalError(f"{data_root}: {len(picked)} test instances, fewer than --instances {k}")
     return picked
+
+
+def write_stand_in_prompts(copy: Path, settings: dict, data_root: Path) -> list[Path]:
+    """The prompt files the experiment reads (paper runs: data/prompts/gpt_prompts_<dataset>.json, which
+    `prpg data download prompts` fetches and the copy does not carry: data/ is not in git), as reference-
+    format stand-ins keyed by the world's instance names: the paper's sentences are keyed by the real
+    instances, which a world does not have. Shipped sets and files already there are left alone."""
+    from prpg.data import load_dataset
+    from prpg.prompts import PROMPT_SETS, stand_in_reference_prompts
+
+    keys = ("synthesize.positives.prompt_file", "synthesize.cut_paste.background_prompt_file")
+    wanted = {settings[k] for k in keys if k in settings and settings[k] not in PROMPT_SETS}
+    instances = {i.name: i.category for i in load_dataset(data_root).instances}
+    written = []
+    for rel in sorted(wanted):
+        path = copy / rel
+        if not path.exists():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(json.dumps(stand_in_reference_prompts(instances), indent=1) + "\n")
+            written.append(path)
+    return written
 
 
 # ----------------------------------------------------------------------------- measuring
@@ -249,9 +274,11 @@ def rehearse(name: str, *, shape: str = "mini", device: str = "cpu", instances: 
         root = copy / settings["common.data_root"]
         if data_root:
             shutil.copytree(Path(data_root), root, symlinks=False)
-        else:  # one more instance per category than run: cut-and-paste takes real backgrounds from the others
-            per_category = instances + 1
-            build_world(root, dataset, size=WORLD_SIZE, per_category=per_category)
+        else:  # single-category datasets take cut-and-paste backgrounds from other instances: one more of them
+            others = settings.get("synthesize.cut_paste.real_source") == "other_instances"
+            build_world(root, dataset, size=WORLD_SIZE, per_category=instances + others,
+                        test_per_split=WORLD_TEST_PER_SPLIT, dense_per_split=WORLD_DENSE_PER_SPLIT)
+        write_stand_in_prompts(copy, settings, root)
         picked = pick_instances(root, instances)
         hub = Path(hub_dir).resolve() if hub_dir else work / "hub"
         print(f"rehearse {name}: {shape} models into {hub}", flush=True)
@@ -346,12 +373,8 @@ def collect(name, shape, device, picked, cmd, reduced, wall, copy: Path, stats_d
         stage = f"{kind}@{key}" if key else kind
         setup, total = _cell_seconds(copy / s["output"])
         ratio = ratios.get(kind)
-        if kind == "evaluate" and full.get("common.dataset") in DATASET_TEST_IMAGES:
-            from prpg.data import load_dataset
-
-            world = sum(len(load_dataset(copy / full["common.data_root"]).images("test", i.name))
-                        for i in load_dataset(copy / full["common.data_root"]).instances)
-            ratio = DATASET_TEST_IMAGES[full["common.dataset"]] / max(world, 1)
+        if kind == "evaluate" and full.get("common.dataset") in DATASET_EVAL_IMAGES:
+            ratio = evaluate_ratio(copy / full["common.data_root"], DATASET_EVAL_IMAGES[full["common.dataset"]])
         work_seconds = max(total - setup, 0.0)
         out_bytes = sizes.get(stage, 0)
         stages.append(StageRecord(
@@ -367,6 +390,15 @@ def collect(name, shape, device, picked, cmd, reduced, wall, copy: Path, stats_d
                        machine=_machine())
     result.projection = project(result, full)
     return result
+
+
+def evaluate_ratio(world_root: Path, full_images: dict[str, int]) -> float:
+    """The larger of the test and test_dense ratios, full dataset / world: an upper bound either way
+    (at paper shape the dense features dominate, at 4096 tokens an image)."""
+    from prpg.data import load_dataset
+
+    ds = load_dataset(world_root)
+    return max(full_images[split] / max(len(ds.images(split)), 1) for split in full_images)
 
 
 def _project_bytes(kind: str, out_bytes: int, ratio: float | None, copy: Path, key: str | None) -> int | None:

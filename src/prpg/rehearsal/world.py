@@ -33,9 +33,10 @@ STYLES = {
 
 
 def build_world(dest: str | Path, dataset: str, *, size: int = 512, per_category: int = 1, seed: int = 0,
-                workers: int = 2) -> Path:
+                test_per_split: int = 6, dense_per_split: int = 3, workers: int = 2) -> Path:
     """Write dest (e.g. data/pods) as `dataset` in the PODS layout, `per_category` test instances per
-    category, images size x size; all at once or not at all. Returns dest."""
+    category, images size x size, test_per_split / dense_per_split images per instance in each of PODS's
+    4 test splits (PODS: 24 test, 12 test_dense); all at once or not at all. Returns dest."""
     from prpg.toybox import build_toybox
 
     if dataset not in STYLES:
@@ -49,7 +50,8 @@ def build_world(dest: str | Path, dataset: str, *, size: int = 512, per_category
     style = STYLES[dataset]
     with tempfile.TemporaryDirectory(prefix=".world-", dir=dest.parent if dest.parent.exists() else None) as tmp:
         build_toybox(Path(tmp), seed=seed, size=size, instances_per_category=per_category, val_per_category=0,
-                     workers=workers, datasets=("toybox",))
+                     test_per_split=test_per_split, dense_per_split=dense_per_split, workers=workers,
+                     datasets=("toybox",))
         src = Path(tmp) / "toybox"
         info = json.loads((src / f"toybox{INFO_SUFFIX}").read_text())
         renamed: dict[str, tuple[str, str]] = {}  # toybox name -> (new name, category word)

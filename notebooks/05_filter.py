@@ -15,7 +15,8 @@
 # # 05 · Filter the DreamBooth positives: keep the ones that look like the real instance
 #
 # Paper §1.3: the real references are the instance's train images cropped to their mask boxes; each
-# generated image is localized (dense patch similarity + Otsu on toybox, PerSAM for paper runs),
+# generated image is localized (dense patch similarity + Otsu on toybox; for paper runs the reference's
+# PerSAM, `persam: reference`, on DINOv2 patches of the padded SAM canvas, `dense_input: sam_pad` at 896 px),
 # cropped to the predicted box, embedded by the similarity model (DreamSim for paper runs, the toybox
 # encoder on toybox) and kept if the **mean** cosine to the real crops is >= the threshold.
 # Attempts are bounded (`max_attempts`), and an image that cannot be localized counts as an attempt
@@ -61,7 +62,8 @@ category = ds.instance(instance).category
 synthesized = sorted(Path(f"outputs/synthetic/{instance}/dreambooth").glob("*.png"))
 print(f"{instance}: {len(synthesized)} synthesized positives; keep {flt.n_keep} with {flt.model} "
       f"({flt.backbone if flt.model == 'backbone' else flt.dreamsim_type}), {flt.reduce} cosine >= {flt.threshold}, "
-      f"localize {flt.localize}, at most {flt.max_attempts} attempts")
+      f"localize {flt.localize} (persam {flt.persam}, dense input {flt.dense_input} at "
+      f"{flt.dense_resolution or 'the backbone size'} px), at most {flt.max_attempts} attempts")
 
 # %% [markdown]
 # ## Filter

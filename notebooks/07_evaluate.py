@@ -18,10 +18,14 @@
 # instance's ~3 real train images.
 #
 # - **classification**: is this test image the instance? score = max cosine to its train images; AP;
-# - **retrieval**: its test images query every instance's train images; mAP (+ NDCG, MRR, top-10);
+# - **retrieval**: its test images query every instance's train images; NDCG (the paper's "Ret" column
+#   in the report), MRR, top-10, and our mAP;
 # - **detection / segmentation**: one box and mask per dense test image from patch similarity to the
 #   first train image's masked patches (Otsu + clean-up + largest component), COCO AP / AP50 / F1,
 #   images of other instances counting as false positives.
+#
+# `evaluate.protocol`: "reference" applies the reference implementation's rules (paper runs), "fixed" ours
+# (toybox default); see `prpg.evaluation.protocol`.
 #
 # Each task is also scored per test split (ID, pose, distractors, both) where the dataset has them.
 # The pretrained backbone's features are cached under `outputs/cache/features` (a plain cache, not a
@@ -61,8 +65,13 @@ cfg = parse_group("evaluate", evaluate)
 device = setup_device(common_p)
 cfg = dataclasses.replace(cfg, device=device)
 ds = load_dataset(common_p.data_root)
-pretrained = backbones.load(models_p.backbone, device=device)
+# evaluate.protocol "reference" (paper runs): the pretrained CLIP baseline is scored on its 512-d projected
+# embedding (encode_image), so its head is loaded; the personalized CLIP keeps the 768-d CLS, as in the
+# reference (prpg.evaluation.protocol lists every reference rule).
+reference_clip = cfg.protocol == "reference" and backbones.paper_name_of(models_p.backbone) == "clip_vitb16"
+pretrained = backbones.load(models_p.backbone, device=device, projection=reference_clip)
 personalized = load_personalized(pretrained, f"outputs/train/{instance}/model", merge=True)  # LoRA folded in
+personalized = dataclasses.replace(personalized, projection=None)
 print(f"{instance}: {len(ds.images('test'))} test images, {len(ds.dense_images())} dense images, "
       f"{len(ds.images('train'))} train images of {len(ds.instances)} instances")
 

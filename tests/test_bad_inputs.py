@@ -9,6 +9,7 @@ import pytest
 import yaml
 
 from prpg.params import ParamsError, load_params, parse_group
+from prpg.prompts import reference_prompt_file, stand_in_reference_prompts
 from tests.conftest import make_pods_tree
 from tests.pipeline_repo import copy_repo, run
 
@@ -132,6 +133,10 @@ def workspace(tmp_path, monkeypatch):
 
     shutil.copy(ROOT / "params.yaml", tmp_path / "params.yaml")
     make_pods_tree(tmp_path / "data" / "pods")  # mug_00 (val), mug_01, shoe_00 (test)
+    # paper experiments read the reference's prompt file (`prpg data download prompts`): a same-format stand-in
+    prompts = tmp_path / reference_prompt_file("pods")
+    prompts.parent.mkdir(parents=True)
+    prompts.write_text(json.dumps(stand_in_reference_prompts({"mug_00": "mug", "mug_01": "mug", "shoe_00": "shoe"})))
     monkeypatch.chdir(tmp_path)
     ran = []
     monkeypatch.setattr(prpg.repro, "repro", lambda jobs, gpus=(): ran.append(jobs))

@@ -161,3 +161,23 @@ def test_instances_come_from_the_experiment_s_dataset(tmp_path):
         data_root_of("toybox-real", params_file)  # read through the validated params, not as raw YAML
     with pytest.raises(ValueError, match=r"nowhere\.yaml: not found"):
         data_root_of("toybox-real", tmp_path / "nowhere.yaml")
+
+
+def test_paper_experiment_resolves_to_the_reference_protocol(capsys, tmp_path, monkeypatch):
+    """`prpg exp pods-dinov2_vitb14 --dry` prints the reference behaviour for every fidelity item."""
+    from prpg.cli import main
+    from prpg.prompts import stand_in_reference_prompts
+
+    shutil.copy(ROOT / "params.yaml", tmp_path / "params.yaml")
+    shutil.copytree(ROOT / "models", tmp_path / "models")
+    (tmp_path / "data" / "prompts").mkdir(parents=True)  # what `prpg data download prompts` writes
+    (tmp_path / "data" / "prompts" / "gpt_prompts_pods.json").write_text(
+        json.dumps(stand_in_reference_prompts({"mug_06": "mug"})))
+    monkeypatch.chdir(tmp_path)
+    assert main(["exp", "pods-dinov2_vitb14", "--dry"]) == 0
+    cmd = capsys.readouterr().out
+    for value in ("evaluate.protocol=reference", "evaluate.box_geometry=reference", "evaluate.dense_mode=threshold",
+                  "evaluate.dense_grid=64", "filter.dense_resolution=896", "filter.dense_input=sam_pad",
+                  "filter.persam=reference", "train.bf16=false", "train.lora_alpha=0.5", "filter.n_keep=450",
+                  "synthesize.positives.prompt_file=data/prompts/gpt_prompts_pods.json"):
+        assert f"-S {value}" in cmd, value

@@ -1,6 +1,7 @@
 """Every named experiment launches: its overrides go through DVC's own `-S` code into a copy of the repo,
 and DVC then resolves the pipeline (params, dvc.yaml, the DAG, every dependency) without running a stage."""
 
+import json
 import shutil
 from pathlib import Path
 
@@ -8,6 +9,7 @@ import pytest
 
 from prpg.experiments import (DATASETS, all_names, data_root_of, launch_problems, overrides, resolve,
                               set_instances, single_runs)
+from prpg.prompts import reference_prompt_file, stand_in_reference_prompts
 from tests.conftest import make_pods_tree
 from tests.pipeline_repo import copy_repo
 
@@ -24,6 +26,11 @@ def repo(tmp_path_factory) -> Path:
     root = copy_repo(tmp_path_factory.mktemp("launch") / "repo")
     for name, instances in WORLDS.items():
         make_pods_tree(root / "data" / name, name=name, instances=instances)
+        # Paper experiments read the reference's prompt files (`prpg data download prompts`): stand-ins of
+        # the same format, keyed by the world's instances.
+        prompts = root / reference_prompt_file(name)
+        prompts.parent.mkdir(parents=True, exist_ok=True)
+        prompts.write_text(json.dumps(stand_in_reference_prompts({i: c for i, c, _ in instances})))
     return root
 
 

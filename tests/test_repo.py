@@ -100,7 +100,8 @@ RUNNER = re.compile(r"python -m prpg\.notebook (\S+) (\S+)((?: -[fr] [^;&]+?)*)\
 
 def _runs(cmds: list[str]) -> list[tuple[str, str, str]]:
     """(source, executed, flags) of every notebook run, also inside a compound command."""
-    return [m.groups() for c in cmds for m in RUNNER.finditer(c)]
+    # Interpolated values are quoted in the commands ('${key}'): compare the paths without their quotes.
+    return [tuple(g.strip("'") if g else g for g in m.groups()) for c in cmds for m in RUNNER.finditer(c)]
 
 
 @pytest.mark.parametrize("name", sorted(_stages()))

@@ -215,7 +215,7 @@ def test_run_and_split_tables():
     assert list(sp.columns) == ["task", "model", "ID", "Pose", "Distractors", "Both", "All", "All ±"]
     row = sp.loc["Cls · personalized"]
     assert [row[c] for c in ("ID", "Pose", "Distractors", "Both")] == pytest.approx([75.0, 65.0, 55.0, 45.0])
-    assert math.isnan(sp.loc["Ret · personalized", "ID"])  # no per-split retrieval in the fixture
+    assert math.isnan(sp.loc["Ret mAP · personalized", "ID"])  # no per-split retrieval in the fixture
     # A dataset without split annotations: only the overall column.
     assert list(report.split_table(summary(HEAD)).columns) == ["task", "model", "All", "All ±"]
 
@@ -234,8 +234,8 @@ def test_main_table_headline_only(results):
     assert list(main.columns[:4]) == ["backbone", "model", "Cls PODS", "Cls PODS ±"]
     assert main.loc["DINOv2-P", "Cls PODS"] == pytest.approx(45.0)  # the headline, not CFG 4's 41
     assert main.loc["DINOv2-P", "Cls PODS ±"] == pytest.approx(5.0)
-    assert main.loc["toybox-P", "Ret toybox"] == pytest.approx(66.0)
-    assert main.loc["toybox-P", "Ret toybox ±"] == pytest.approx(10.0)
+    assert main.loc["toybox-P", "Ret mAP toybox"] == pytest.approx(66.0)
+    assert main.loc["toybox-P", "Ret mAP toybox ±"] == pytest.approx(10.0)
     assert math.isnan(main.loc["toybox", "Cls PODS"])
     assert report.display_frame(main).loc["DINOv2", "Seg PODS"] == "8.0 ± 5.0"
     assert report.main_table([]).empty
@@ -299,7 +299,7 @@ def test_gain_table_pairs_each_instances_models(results):
     t = report.gain_table(results)
     assert t.loc["pods-db", "Cls gain"] == pytest.approx(15.0) and t.loc["pods-db", "Cls gain ±"] == pytest.approx(0)
     assert t.loc["pods-db", "Cls gained"] == "2/2" and t.loc["pods-db", "instances"] == 2  # test instances only
-    assert t.loc["toybox-db", "Ret gained"] == "3/3"  # instance_split "all": the val instance counts too
+    assert t.loc["toybox-db", "Ret mAP gained"] == "3/3"  # instance_split "all": the val instance counts too
     rows = [{"instance": f"i{k}", "category": "mug", "instance_split": "test", "test_split": "all",
              "task": "classification", "model": m, "value": v}
             for k, (pre, gain) in enumerate([(0.30, 0.10), (0.40, -0.05), (0.20, 0.03)])

@@ -396,7 +396,7 @@ def test_cuda_without_a_gpu_fails_naming_the_key(world):
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_cuda_bf16_training_saves_an_adapter_that_loads_on_cpu(world, tmp_path):
-    cfg = dataclasses.replace(FAST, device="cuda", max_steps=3)
+    cfg = dataclasses.replace(FAST, device="cuda", max_steps=3, bf16=True)
     base = tiny_backbone()
     summary = train(base, world_triplets(world, 24), cfg, seed=0, out_dir=tmp_path / "run", progress=False)
     assert summary["device"] == "cuda" and summary["steps"] == 3 and math.isfinite(summary["final_loss"])

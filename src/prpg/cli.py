@@ -56,9 +56,22 @@ def _check(args: argparse.Namespace) -> int:
 def _download(args: argparse.Namespace) -> int:
     from prpg.data import download_dataset
 
+    if args.name == "prompts":
+        return _download_prompts(args.dest)
     dest = args.dest or Path("data") / args.name
     download_dataset(args.name, dest)
     print(f"{args.name} downloaded to {dest} and checked. Track it with: dvc add data")
+    return 0
+
+
+def _download_prompts(dest: Path | None) -> int:
+    from prpg.prompts import PROMPTS_DIR, REFERENCE_COMMIT
+    from prpg.prompts.download import download_prompts
+
+    dest = dest or Path(PROMPTS_DIR)
+    for name, what in download_prompts(dest).items():
+        print(f"{dest / name}: {what} (sha256 verified, reference commit {REFERENCE_COMMIT[:7]})")
+    print("Track them with: dvc add data")
     return 0
 
 
@@ -249,8 +262,9 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--no-train-masks", action="store_true", help="do not require train masks")
     c.set_defaults(func=_check)
 
-    d = data.add_parser("download", help="download a real dataset (needs internet)")
-    d.add_argument("name", choices=["pods", "dogs"])
+    d = data.add_parser("download", help="download a real dataset, or the paper's scene prompts (needs internet)")
+    d.add_argument("name", choices=["pods", "dogs", "prompts"],
+                   help="prompts: the reference's gpt_prompts_{pods,dogs,df2}.json, checksum verified")
     d.add_argument("--dest", type=Path, default=None, help="default: data/<name>")
     d.set_defaults(func=_download)
 

@@ -16,7 +16,7 @@ from pydantic import ConfigDict, Field, ValidationInfo, field_validator
 from pydantic.dataclasses import dataclass
 
 from prpg.models import PAPER_BACKBONES  # a plain dict: no torch import
-from prpg.prompts import PROMPT_SETS
+from prpg.prompts import PROMPT_SETS, REFERENCE_PROMPT_FILES
 
 # Constrained element types (a bad element names its index, e.g. pretrain.generator.vae_channels.1).
 PosInt = Annotated[int, Field(ge=1)]
@@ -48,6 +48,9 @@ def check_prompt_file(value: str, info: ValidationInfo | None = None) -> str:
     root = Path((info.context or {}).get("root", ".")) if info is not None else Path(".")
     if value in PROMPT_SETS or (root / value).is_file():
         return value
+    if Path(value).name in {name for name, _ in REFERENCE_PROMPT_FILES.values()}:  # paper runs' input data
+        raise ValueError(f"prompt file {value!r} not found: it is the paper's (the reference's GPT prompts); run "
+                         f"`prpg data download prompts --dest {Path(value).parent}` (needs internet once)")
     raise ValueError(f"unknown prompt set {value!r} (no such file either); use one of {', '.join(PROMPT_SETS)} "
                      "or the path of a JSON file {category or instance: [sentences]}")
 
@@ -183,6 +186,16 @@ NEGATIVE_PROMPT = "a photo of a {category}"
 DreamSimType = Literal["ensemble", "dino_vitb16", "clip_vitb32", "open_clip_vitb32"]
 
 
+def check_prompt_source(file_key: str, file: str, source_key: str, source: str | None) -> None:
+    """A prompt file's DVC dependency must hold it, or a changed file would not re-run the stage."""
+    from prpg.prompts import SHIPPED_DIR, covers, prompt_file_path
+
+    if source is not None and not covers(source, file):
+        where = SHIPPED_DIR if file in PROMPT_SETS else str(Path(file).parent)
+        raise ValueError(f"{file_key} {file!r} ({prompt_file_path(file)}) is not inside {source_key} {source!r}, "
+                         f"the stage's DVC dependency: set {source_key} to {where} (its folder) or to the file")
+
+
 @dataclass(frozen=True, config=ConfigDict(extra="forbid"))
 class SynthesizeConfig:
     n: int = Field(450, ge=1)  # paper: 450 positives per instance (file mode makes 500)
@@ -194,18 +207,36 @@ class SynthesizeConfig:
     scheduler: Scheduler = "default"  # default = the pipeline's own (PNDM for SD 1.5), as the reference
     batch: int = Field(4, ge=1)
     identifier: str = "<new1>"
+    # The file or folder holding prompt_file, as a DVC dependency of the synthesize stage (dvc.yaml; as
+    # common.data_source is of the data stage): a set name is not a path, so DVC is told where the file
+    # is. src/prpg/prompts for the shipped sets, data/prompts for the downloaded reference files (paper
+    # runs). None (runtime use outside the pipeline): not checked.
+    prompt_source: str | None = None
 
-    _prompt_file = field_validator("prompt_file")(check_prompt_file)
+    # A classmethod with a required `info`: pydantic passes the ValidationInfo (and so the params file's
+    # folder, context "root") only to validators whose signature requires it; check_prompt_file's
+    # optional `info` alone would get None and look the path up in the cwd.
+    @field_validator("prompt_file")
+    @classmethod
+    def _prompt_file(cls, value: str, info: ValidationInfo) -> str:
+        return check_prompt_file(value, info)
+
+    def __post_init__(self) -> None:
+        check_prompt_source("prompt_file", self.prompt_file, "prompt_source", self.prompt_source)
 
 
 @dataclass(frozen=True, config=ConfigDict(extra="forbid"))
 class NegativesConfig:
-    # The paper's count is not in the available sources. An instance's triplets draw from its
-    # category's pool uniformly WITH replacement (4500 triplets), so 1000 negatives appear ~4.5 times
-    # each: varied enough not to be memorised, for 1000 SD images per category (5000 for PODS).
+    # ASSUMPTIONS, all three (protocol §1.4): the reference has no negatives code; it only released the
+    # images ({pods,dogs,df2}_negatives.zip), made by the frozen generator ("images of other objects in
+    # the same semantic category"). Count, prompt and CFG are in no available source; the released zips
+    # would settle the count. Paper runs (prpg.experiments.PAPER) use these defaults.
+    # Count: an instance's triplets draw from its category's pool uniformly WITH replacement (4500
+    # triplets), so 1000 negatives appear ~4.5 times each: varied enough not to be memorised, for 1000 SD
+    # images per category (5000 for PODS).
     n: int = Field(1000, ge=1)
-    prompt: str = NEGATIVE_PROMPT  # unconfirmed in the sources; matches the DreamBooth class prompt
-    guidance: float = Field(7.5, ge=0)  # the frozen SD pipeline's default, as for the class images
+    prompt: str = NEGATIVE_PROMPT  # the DreamBooth class prompt "A photo of {sc}" (the frozen model's own view)
+    guidance: float = Field(7.5, ge=0)  # the frozen SD pipeline's default, as for the DreamBooth class images
     steps: int = Field(50, ge=1)
     scheduler: Scheduler = "default"
     batch: int = Field(8, ge=1)
@@ -230,15 +261,21 @@ class CutPasteConfig:
     # ("A <new1> mug on a picnic table" -> "a photo of a picnic table"), from the frozen generator,
     # shared per category like the negatives.
     background_prompt_file: str = "pods"
+    background_prompt_source: str | None = None  # its DVC dependency (priors stage); see SynthesizeConfig
     n_generated_backgrounds: int = Field(100, ge=1)  # one per scene prompt
     guidance: float = Field(7.5, ge=0)
     steps: int = Field(50, ge=1)
     scheduler: Scheduler = "default"
     batch: int = Field(8, ge=1)
 
-    _prompt_file = field_validator("background_prompt_file")(check_prompt_file)
+    @field_validator("background_prompt_file")
+    @classmethod
+    def _prompt_file(cls, value: str, info: ValidationInfo) -> str:  # with info: see SynthesizeConfig
+        return check_prompt_file(value, info)
 
     def __post_init__(self) -> None:
+        check_prompt_source("background_prompt_file", self.background_prompt_file, "background_prompt_source",
+                            self.background_prompt_source)
         if self.scale_min > self.scale_max:
             raise ValueError(f"CutPasteConfig: scale_min {self.scale_min} > scale_max {self.scale_max}")
 
@@ -255,8 +292,14 @@ class FilterConfig:
     reduce: Literal["mean", "max"] = "mean"
     localize: Literal["dense_otsu", "persam", "none"] = "dense_otsu"
     sam: str = "facebook/sam-vit-huge"  # hub id or local save_pretrained folder (persam only)
-    persam_points: int = Field(2, ge=1)
+    persam_points: int = Field(2, ge=1)  # persam="simple" only; "reference" uses 5 spaced (DINOv2) or top-2
+    # persam="reference": the reference's PerSAM (protocol §2.3: spaced points, 2 learned mask weights,
+    # 2 cascaded refinements; paper runs); "simple": top points, one SAM call, best-rated mask.
+    persam: Literal["simple", "reference"] = "simple"
     dense_resolution: int | None = Field(None, ge=1)  # patch-feature input side; None: the backbone's
+    # How the localizing backbone sees an image: "sam_pad" = the reference (SAM processor: long side
+    # resized, padded to a square); "squash" = resized to the square (the same on square toybox images).
+    dense_input: Literal["squash", "sam_pad"] = "squash"
     backbone_resize: Literal["squash", "eval"] = "squash"  # see prpg.similarity.backbone_transform
     max_attempts: int = Field(5000, ge=1)  # images looked at, localized or not (ref. max_image_count)
     keep_rejected: int | Literal["all"] = 15  # rejected images saved for inspection (reference: first 15)
@@ -295,7 +338,13 @@ class TrainConfig:
     num_synthetic: int | None = Field(450, ge=1)  # positives kept after the seeded shuffle; None: all
     num_triplets: int = Field(4500, ge=1)
     device: str = "cpu"  # cpu | cuda | cuda:N | auto
-    bf16: bool = True  # bf16 autocast on CUDA (ignored on CPU); the reference trains in fp32
+    # bf16 autocast of the forward pass on CUDA (ignored on CPU); the LoRA weights, the loss and Adam stay
+    # fp32. Off by default and in paper runs: the reference trains in fp32 (Lightning's default). With
+    # alpha / r = 1/32 the LoRA delta is 4e-5..3e-4 of the qkv weight (Frobenius) over the first 50 steps,
+    # far below bf16's 2^-8 step; peft adds it on a separate path, so it survives, but bf16 rounding of
+    # activations and gradients moved the 50-step deltas by 2.6 % (12 % after step 1; cosine 0.9997) on a
+    # random-weight ViT-B/14, CPU autocast. An option for speed (2.6x on that CPU).
+    bf16: bool = False
     num_workers: int = Field(0, ge=0)
 
 
@@ -324,3 +373,8 @@ class EvalConfig:
     # Models (keys of evaluate_instance's `models`) whose features are cached under cache_dir: the
     # pretrained backbone is the same for every instance; a personalized one would only fill the disk.
     cache_models: tuple[str, ...] = ("pretrained",)
+    # "reference": the reference implementation's evaluation (paper runs; prpg.evaluation.protocol lists
+    # each rule: filled largest-contour seg GT, box of all cleaned foreground, centre-in-box cells, ImageNet
+    # stats for CLIP's dense input, mean MAE target, projected 512-d pretrained CLIP, un-antialiased
+    # position-embedding resampling). "fixed": ours, where those differ (toybox default).
+    protocol: Literal["fixed", "reference"] = "fixed"

@@ -15,8 +15,9 @@ reference contrastive/train_custom.py and losses.py).
 Differences from the reference by design (protocol §5): a plain PyTorch loop on CPU or CUDA (the
 reference's Lightning Trainer is GPU-only, 7); the output is the final adapter in safetensors, not an
 `epoch=0{E-1}.ckpt` Lightning pickle found by a name format (7); the hinge is on embeddings and the
-temperature is configurable (9); bf16 autocast on CUDA (the reference trains in fp32; `bf16: false`
-to match it). Evaluation features (CLS vs CLS+patch, 10) are the evaluation's choice.
+temperature is configurable (9); optional bf16 autocast on CUDA (`bf16: true`, a speed option; off by
+default and in paper runs, as the reference trains in fp32). Evaluation features (CLS vs CLS+patch, 10)
+are the evaluation's choice.
 """
 
 from __future__ import annotations

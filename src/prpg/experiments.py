@@ -27,20 +27,41 @@ PAPER = {
     "synthesize.cut_paste.n": 450, "synthesize.cut_paste.size": 512, "synthesize.cut_paste.steps": 50,
     "synthesize.cut_paste.guidance": 7.5, "synthesize.cut_paste.n_generated_backgrounds": 100,
     "synthesize.cut_paste.batch": 8,
+    # n_keep 450: generate_data.py's own default (`--n 450`, accepted images per instance) and what training
+    # keeps (run_pipeline_*.yaml `num_synthetic: 450`). The shipped launch scripts' `--n 100`
+    # (configs/run/generate_data*.sh) is their one-instance example, unfiltered script included.
     "filter.model": "dreamsim", "filter.localize": "persam", "filter.threshold": 0.6, "filter.n_keep": 450,
     "filter.max_attempts": 5000, "filter.backbone": "dinov2_vitb14",
+    # the reference's localization: SAM-style padded canvas at 896 px (64x64 grid), its full PerSAM
+    "filter.dense_resolution": 896, "filter.dense_input": "sam_pad", "filter.persam": "reference",
     "train.lora_alpha": 0.5, "train.lr": 3e-4, "train.num_triplets": 4500, "train.num_synthetic": 450,
+    # The reference trains in fp32 (Lightning's default precision); bf16 autocast is our speed option.
+    "train.bf16": False,
     "evaluate.dense_grid": 64,
+    # the reference's evaluation rules (prpg.evaluation.protocol), its box placement and threshold mode
+    "evaluate.protocol": "reference", "evaluate.box_geometry": "reference", "evaluate.dense_mode": "threshold",
 }
+
+
+def reference_prompts(dataset: str) -> dict:
+    """The paper's scene prompts (the reference's GPT-written gpt_prompts_<dataset>.json, keyed by instance;
+    `prpg data download prompts` puts them in data/prompts) for the positives and the generated
+    backgrounds, each with data/prompts as its DVC dependency."""
+    from prpg.prompts import PROMPTS_DIR, reference_prompt_file
+
+    path = reference_prompt_file(dataset)
+    return {"synthesize.positives.prompt_file": path, "synthesize.positives.prompt_source": PROMPTS_DIR,
+            "synthesize.cut_paste.background_prompt_file": path,
+            "synthesize.cut_paste.background_prompt_source": PROMPTS_DIR}
+
+
 DATASETS = {
     "pods": {"common.dataset": "pods", "common.data_root": "data/pods", "common.data_source": "data/pods",
-             "synthesize.positives.prompt_file": "pods", "synthesize.cut_paste.background_prompt_file": "pods"},
+             **reference_prompts("pods")},
     "dogs": {"common.dataset": "dogs", "common.data_root": "data/dogs", "common.data_source": "data/dogs",
-             "synthesize.positives.prompt_file": "dogs", "synthesize.cut_paste.background_prompt_file": "dogs",
-             "synthesize.cut_paste.real_source": "other_instances"},
+             **reference_prompts("dogs"), "synthesize.cut_paste.real_source": "other_instances"},
     "df2": {"common.dataset": "df2", "common.data_root": "data/df2", "common.data_source": "data/df2",
-            "synthesize.positives.prompt_file": "df2", "synthesize.cut_paste.background_prompt_file": "df2",
-            "synthesize.cut_paste.real_source": "other_instances"},
+            **reference_prompts("df2"), "synthesize.cut_paste.real_source": "other_instances"},
 }
 BACKBONES = ("dinov2_vitb14", "clip_vitb16", "mae_vitb16")
 # Generation-method comparison (paper §4.2): which positives train the representation.

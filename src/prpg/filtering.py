@@ -13,9 +13,15 @@ counts as an attempt, so the loop always ends after `max_attempts`.
 Localization of the generated object:
 - "dense_otsu" (toybox default): cosine of the backbone's patch features to the instance's feature
   (from the first train image's mask), Otsu threshold, largest component; the dense-eval recipe (§2.3)
-- "persam": SAM prompted with the top points of that similarity map, one call (reference: PerSAM with
-  learned mask-mixing weights and two refinement passes, SAM ViT-H)
+- "persam": SAM prompted with points of that similarity map. `persam="reference"` (paper runs) is the
+  reference's PerSAM (§2.3): up to 5 spaced points for DINOv2 (top-2 otherwise), the multimask output
+  mixed by 2 weights learned on the first train image, two cascaded refinements. `persam="simple"`:
+  the top points, one SAM call, the mask SAM rates best, largest component.
 - "none": the whole image
+
+How the localizing backbone sees an image (`dense_input`): "sam_pad" is the reference's (SAM processor:
+long side resized, normalized, padded to a square, at `dense_resolution` px: 896 for /14 -> 64x64);
+"squash" resizes straight to the square (toybox images are square, where the two agree).
 """
 
 from __future__ import annotations
@@ -27,7 +33,7 @@ import json
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass as plain_dataclass
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 import torch
@@ -42,6 +48,9 @@ from prpg.configs import DreamSimType, FilterConfig  # noqa: F401 (re-exported)
 from prpg.data import Dataset, DatasetError, load_image, load_mask, mask_to_box
 from prpg.similarity import BackboneModel, DreamSimModel, SimilarityModel, backbone_data_config
 
+if TYPE_CHECKING:  # prpg.evaluation imports this module: its geometry is imported where it is used
+    from prpg.evaluation.geometry import PadGeometry
+
 Box = tuple[int, int, int, int]  # (x0, y0, x1, y1), x1/y1 exclusive, as prpg.data.mask_to_box
 Localizer = Callable[[Image.Image], Box | None]
 
@@ -54,7 +63,8 @@ PERSAM_POINT_SPACING = 0.1  # prompt points at least this fraction of the image'
 # The reference: DreamSim ensemble, PerSAM (SAM ViT-H) located with DINOv2-B/14 patch features on the
 # 64x64 grid of the dense eval (896 px for /14), threshold 0.6 on the mean, max_image_count 5000.
 PAPER_FILTER = FilterConfig(model="dreamsim", backbone="dinov2_vitb14", dreamsim_type="ensemble",
-                            localize="persam", dense_resolution=896)
+                            localize="persam", dense_resolution=896, dense_input="sam_pad",
+                            persam="reference")
 # Toybox: filtering on toybox uses the toybox encoder, for similarity and localization alike.
 TOYBOX_FILTER = FilterConfig(model="backbone", backbone="toybox", localize="dense_otsu")
 
@@ -109,12 +119,54 @@ def whole_image(image: Image.Image) -> Box:
     return 0, 0, image.width, image.height
 
 
-class TimmPatchFeatures:
-    """(gh, gw, D) L2-normalised last-layer patch features of a timm ViT (CLS/register tokens dropped).
-    The image is resized (squashed) to a square of `resolution` px, so the grid maps back onto the
-    image by a plain resize."""
+class SquashLayout:
+    """The image resized straight onto the whole square grid: a plain resize maps a grid map back, and
+    the mask is area-pooled onto the grid as it is."""
 
-    def __init__(self, model, resolution: int | None = None, device: str = "cpu"):
+    def to_image(self, grid_map: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+        up = F.interpolate(grid_map.float()[None, None], size=size, mode="bilinear", align_corners=False)
+        return up[0, 0]
+
+    def grid_mask(self, mask: np.ndarray) -> np.ndarray:
+        return mask
+
+
+@plain_dataclass(frozen=True)
+class PaddedLayout:
+    """The reference's canvas (protocol §2.3): long side resized to grid x patch px, aspect kept, image
+    top-left on a padded square. A grid map goes back through the padding (prpg.evaluation.geometry)."""
+
+    grid: int
+    patch: int
+
+    def geometry(self, height: int, width: int) -> PadGeometry:
+        from prpg.evaluation.geometry import PadGeometry
+
+        return PadGeometry(height, width, self.grid, self.patch)
+
+    def to_image(self, grid_map: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+        from prpg.evaluation.geometry import grid_to_image
+
+        return torch.from_numpy(grid_to_image(grid_map, self.geometry(*size)))
+
+    def grid_mask(self, mask: np.ndarray) -> np.ndarray:
+        """The mask on the same canvas, so that target_feature pools it onto the patches it covers."""
+        from prpg.evaluation.geometry import canvas_mask
+
+        return canvas_mask(mask, self.geometry(*np.shape(mask)))
+
+
+SQUASH = SquashLayout()
+
+
+class TimmPatchFeatures:
+    """(gh, gw, D) L2-normalised last-layer patch features of a timm ViT (CLS/register tokens dropped)
+    at `resolution` px (None: the backbone's input size). `layout` "squash": the image resized to the
+    square; "sam_pad": the reference's padded canvas (normalized, then zero-padded, as SAM's processor).
+    `self.layout` maps grid maps and masks between the image and the grid."""
+
+    def __init__(self, model, resolution: int | None = None, device: str = "cpu",
+                 layout: Literal["squash", "sam_pad"] = "squash"):
         from torchvision import transforms as T
 
         cfg = backbone_data_config(model)
@@ -122,9 +174,24 @@ class TimmPatchFeatures:
         ph, pw = model.patch_embed.patch_size
         side = resolution or cfg["input_size"][-1]
         self.grid = (max(1, round(side / ph)), max(1, round(side / pw)))
-        size = (self.grid[0] * ph, self.grid[1] * pw)
-        self.transform = T.Compose([T.Resize(size, interpolation=T.InterpolationMode.BICUBIC), T.ToTensor(),
-                                    T.Normalize(cfg["mean"], cfg["std"])])
+        self.mean, self.std = cfg["mean"], cfg["std"]
+        if layout == "sam_pad":
+            if ph != pw:
+                raise ValueError(f"dense_input 'sam_pad' needs square patches, got {ph}x{pw}")
+            self.layout = PaddedLayout(self.grid[0], ph)
+            self.transform = self._canvas
+        elif layout == "squash":
+            self.layout = SQUASH
+            size = (self.grid[0] * ph, self.grid[1] * pw)
+            self.transform = T.Compose([T.Resize(size, interpolation=T.InterpolationMode.BICUBIC),
+                                        T.ToTensor(), T.Normalize(self.mean, self.std)])
+        else:
+            raise ValueError(f"dense_input must be 'squash' or 'sam_pad', got {layout!r}")
+
+    def _canvas(self, image: Image.Image) -> torch.Tensor:
+        from prpg.evaluation.geometry import canvas_tensor
+
+        return canvas_tensor(image, self.layout.geometry(image.height, image.width), self.mean, self.std)
 
     @torch.no_grad()
     def __call__(self, image: Image.Image) -> torch.Tensor:
@@ -146,11 +213,11 @@ def target_feature(features: torch.Tensor, mask: np.ndarray) -> torch.Tensor:
     return F.normalize((f.max(0).values + f.mean(0)) / 2, dim=0)
 
 
-def similarity_map(features: torch.Tensor, target: torch.Tensor, size: tuple[int, int]) -> np.ndarray | None:
-    """Cosine to the target per patch, upsampled (bilinear) to `size` = (H, W), min-max to [0, 1];
-    None when the map is flat (nothing stands out)."""
-    sim = (features @ target)[None, None]
-    up = F.interpolate(sim, size=size, mode="bilinear", align_corners=False)[0, 0]
+def similarity_map(features: torch.Tensor, target: torch.Tensor, size: tuple[int, int],
+                   layout=SQUASH) -> np.ndarray | None:
+    """Cosine to the target per patch, mapped back (bilinear, through the layout) to `size` = (H, W),
+    min-max to [0, 1]; None when the map is flat (nothing stands out)."""
+    up = layout.to_image(features @ target, size)
     lo, hi = float(up.min()), float(up.max())
     if hi - lo < 1e-6:
         return None
@@ -186,10 +253,13 @@ class DenseLocalizer:
     def __init__(self, patch_features: Callable[[Image.Image], torch.Tensor], reference_image: Image.Image,
                  reference_mask: np.ndarray, min_fraction: float = MIN_OBJECT_FRACTION):
         self.patch_features, self.min_fraction = patch_features, min_fraction
-        self.target = target_feature(patch_features(reference_image), reference_mask)
+        # A plain callable sees the image squashed; TimmPatchFeatures says how it placed the image.
+        self.layout = getattr(patch_features, "layout", SQUASH)
+        self.target = target_feature(patch_features(reference_image), self.layout.grid_mask(reference_mask))
 
     def similarity(self, image: Image.Image) -> np.ndarray | None:
-        return similarity_map(self.patch_features(image), self.target, (image.height, image.width))
+        size = (image.height, image.width)
+        return similarity_map(self.patch_features(image), self.target, size, self.layout)
 
     def mask(self, image: Image.Image) -> np.ndarray | None:
         sim = self.similarity(image)
@@ -253,6 +323,191 @@ class PerSamLocalizer:
         )[0][0]  # (n_masks, H, W) for our one image and one prompt
         best = int(out.iou_scores[0, 0].argmax())
         return largest_component(masks[best].numpy().astype(bool))
+
+    def __call__(self, image: Image.Image) -> Box | None:
+        mask = self.mask(image)
+        return None if mask is None else mask_to_box(mask)
+
+
+# --- PerSAM as the reference (protocol §1.3, §2.3) --------------------------------------------------
+
+REFERENCE_POINTS = 5  # at most, for DINOv2 backbones
+REFERENCE_TOP_FRACTION = 0.1  # candidates: within the top 10% of the map's range
+MASK_WEIGHT_STEPS = 2000  # AdamW lr 1e-3 eps 1e-4, cosine schedule, dice + focal (alpha .25, gamma 2)
+
+
+def spaced_points(sim: np.ndarray, n: int = REFERENCE_POINTS,
+                  top_fraction: float = REFERENCE_TOP_FRACTION) -> list[tuple[float, float]]:
+    """The reference's DINOv2 point prompts: up to n (x, y) among the pixels above max - top_fraction x
+    range, each at least sqrt(mean area of the above-threshold 8-connected components) px from those
+    taken before. The candidates are visited in np.argpartition's order, as the reference does: not
+    sorted, so the first point is some candidate, not necessarily the peak."""
+    from skimage.measure import label
+
+    s = np.asarray(sim, dtype=np.float64)
+    hi, lo = s.max(), s.min()
+    high = s > hi - (hi - lo) * top_fraction
+    labels = label(high)
+    areas = np.bincount(labels.ravel())[1:]
+    spacing = max(int(np.sqrt(areas.mean())), 1) if areas.size else 50  # the reference's fallback
+    k = int(high.sum())
+    if k == 0:
+        return []
+    order = np.argpartition(s.ravel(), -k)[-k:]
+    ys, xs = np.unravel_index(order, s.shape)
+    chosen: list[tuple[int, int]] = []
+    for y, x in zip(ys, xs, strict=True):
+        if len(chosen) == n:
+            break
+        if all((x - cx) ** 2 + (y - cy) ** 2 >= spacing**2 for cx, cy in chosen):
+            chosen.append((int(x), int(y)))
+    return [(float(x), float(y)) for x, y in chosen]
+
+
+def reference_points(sim: np.ndarray, spaced: bool) -> list[tuple[float, float]]:
+    """DINOv2 (spaced=True): spaced_points; other backbones: the 2 highest pixels, adjacent or not."""
+    return spaced_points(sim) if spaced else top_points(sim, 2, min_distance=0.5)
+
+
+def dice_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """1 - (2 sum(p t) + 1) / (sum p + sum t + 1) of sigmoid probabilities, over all pixels."""
+    p = logits.sigmoid()
+    return 1 - (2 * (p * target).sum() + 1) / (p.sum() + target.sum() + 1)
+
+
+def focal_loss(logits: torch.Tensor, target: torch.Tensor, alpha: float = 0.25,
+               gamma: float = 2.0) -> torch.Tensor:
+    """Sigmoid focal loss (RetinaNet), mean over pixels."""
+    p = logits.sigmoid()
+    ce = F.binary_cross_entropy_with_logits(logits, target, reduction="none")
+    p_t = p * target + (1 - p) * (1 - target)
+    alpha_t = alpha * target + (1 - alpha) * (1 - target)
+    return (alpha_t * ce * (1 - p_t) ** gamma).mean()
+
+
+def full_weights(learned: torch.Tensor) -> torch.Tensor:
+    """(1 - w1 - w2, w1, w2): two free weights, three that sum to one."""
+    return torch.cat([1 - learned.sum().reshape(1), learned])
+
+
+def mix(logits: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """(3, ...) SAM multimask logits -> (...) their weighted sum."""
+    return (logits * weights.reshape(-1, *[1] * (logits.dim() - 1))).sum(0)
+
+
+def learn_mask_weights(logits: torch.Tensor, mask: np.ndarray,
+                       steps: int = MASK_WEIGHT_STEPS) -> torch.Tensor:
+    """The 3 mixing weights (1 - w1 - w2, w1, w2) that fit SAM's multimask logits (3, H, W) of the first
+    train image to its mask: w = 1/3 each at the start, dice + focal loss, AdamW (lr 1e-3, eps 1e-4,
+    torch's weight decay), cosine schedule over `steps`. SAM's output does not change while the weights
+    learn, so it is computed once (the reference re-runs the decoder every step, to the same logits)."""
+    logits = logits.detach().float()
+    target = torch.as_tensor(np.asarray(mask, dtype=np.float32), device=logits.device)
+    learned = torch.nn.Parameter(torch.full((2,), 1 / 3, device=logits.device))
+    opt = torch.optim.AdamW([learned], lr=1e-3, eps=1e-4)
+    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=steps)
+    for _ in range(steps):
+        mixed = mix(logits, full_weights(learned))
+        loss = dice_loss(mixed, target) + focal_loss(mixed, target)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        schedule.step()
+    return full_weights(learned.detach())
+
+
+@plain_dataclass(frozen=True)
+class SamPrediction:
+    low: torch.Tensor  # (3, h, w) logits at SAM's mask resolution (padded frame): the mask prompt
+    high: torch.Tensor  # (3, H, W) logits on the original image
+    iou: torch.Tensor  # (3,) SAM's IoU estimates
+
+
+class SamImage:
+    """One image for SAM: its embedding computed once, prompts in original pixels mapped to SAM's frame
+    (scaled like the processor: long side to SAM's input size), outputs un-padded to the image."""
+
+    def __init__(self, sam_model, sam_processor, image: Image.Image, device: str = "cpu"):
+        self.sam, self.processor, self.device = sam_model, sam_processor, device
+        self.inputs = sam_processor(images=image.convert("RGB"), return_tensors="pt")
+        with torch.no_grad():
+            self.embeddings = sam_model.get_image_embeddings(self.inputs["pixel_values"].to(device))
+        h, w = self.inputs["original_sizes"][0].tolist()
+        rh, rw = self.inputs["reshaped_input_sizes"][0].tolist()
+        self.scale = torch.tensor([rw / w, rh / h])
+
+    @torch.no_grad()
+    def predict(self, points: list[tuple[float, float]], box: Box | None = None,
+                mask_prompt: torch.Tensor | None = None) -> SamPrediction:
+        """Multimask output for positive points, optionally with a box (x0, y0, x1, y1) and (h, w) logits."""
+        xy = torch.tensor(points, dtype=torch.float32) * self.scale
+        kw = {"input_points": xy[None, None].to(self.device),
+              "input_labels": torch.ones(1, 1, len(points), dtype=torch.long, device=self.device)}
+        if box is not None:
+            corners = torch.tensor(box, dtype=torch.float32) * self.scale.repeat(2)
+            kw["input_boxes"] = corners[None, None].to(self.device)
+        if mask_prompt is not None:
+            kw["input_masks"] = mask_prompt[None, None].to(self.device, torch.float32)
+        out = self.sam(image_embeddings=self.embeddings, multimask_output=True, **kw)
+        high = self.processor.image_processor.post_process_masks(
+            out.pred_masks.float().cpu(), self.inputs["original_sizes"], self.inputs["reshaped_input_sizes"],
+            binarize=False)[0][0]
+        return SamPrediction(out.pred_masks[0, 0].float().cpu(), high, out.iou_scores[0, 0].float().cpu())
+
+
+def inclusive_box(mask: np.ndarray | torch.Tensor) -> Box | None:
+    """(x min, y min, x max, y max) of the foreground, max inclusive: the box prompt the reference gives."""
+    ys, xs = np.nonzero(np.asarray(mask))
+    return None if xs.size == 0 else (int(xs.min()), int(ys.min()), int(xs.max()), int(ys.max()))
+
+
+def refine(sam_image: SamImage, points, box: Box, mask_prompt: torch.Tensor) -> tuple[SamPrediction, int]:
+    """One cascaded refinement: points + box + mask logits; the mask SAM rates best (its IoU head)."""
+    pred = sam_image.predict(points, box, mask_prompt)
+    return pred, int(pred.iou.argmax())
+
+
+class ReferencePerSam:
+    """The reference's PerSAM. Set-up: prompt SAM with the top-1 point of the first train image's own
+    similarity map and learn 2 weights that mix its multimask output into that image's mask. Per image:
+    points (reference_points) -> mixed mask (> 0) -> refinement 1 with its box and the mixed low-res
+    logits -> refinement 2 with the new mask's box and logits -> the final best-IoU mask (all of it;
+    the caller boxes it). An empty mask at any step: not found."""
+
+    def __init__(self, dense: DenseLocalizer, sam_model, sam_processor, reference_image: Image.Image,
+                 reference_mask: np.ndarray, spaced: bool = True, device: str = "cpu",
+                 steps: int = MASK_WEIGHT_STEPS):
+        self.dense, self.sam, self.processor = dense, sam_model, sam_processor
+        self.spaced, self.device = spaced, device
+        sim = dense.similarity(reference_image)
+        if sim is None:
+            raise ValueError("PerSAM: the first train image's similarity map is flat; no point to learn from")
+        top = top_points(sim, 1, min_distance=0.5)
+        first = SamImage(sam_model, sam_processor, reference_image, device).predict(top)
+        self.weights = learn_mask_weights(first.high.to(device), reference_mask, steps).cpu()
+
+    def steps(self, image: Image.Image) -> list[np.ndarray] | None:
+        """The masks of the three passes (mixed, refinement 1, refinement 2); None once one is empty."""
+        sim = self.dense.similarity(image)
+        if sim is None:
+            return None
+        points = reference_points(sim, self.spaced)
+        sam_image = SamImage(self.sam, self.processor, image, self.device)
+        pred = sam_image.predict(points)
+        masks = [(mix(pred.high, self.weights) > 0).numpy()]
+        prompt = mix(pred.low, self.weights)
+        for _ in range(2):
+            box = inclusive_box(masks[-1])
+            if box is None:
+                return None
+            pred, best = refine(sam_image, points, box, prompt)
+            masks.append((pred.high[best] > 0).numpy())
+            prompt = pred.low[best]
+        return masks if masks[-1].any() else None
+
+    def mask(self, image: Image.Image) -> np.ndarray | None:
+        masks = self.steps(image)
+        return None if masks is None else masks[-1]
 
     def __call__(self, image: Image.Image) -> Box | None:
         mask = self.mask(image)
@@ -369,9 +624,14 @@ def build_similarity(cfg: FilterConfig, device: str = "cpu") -> tuple[Similarity
 def build_localizer(cfg: FilterConfig, view: RealView, backbone, device: str = "cpu") -> Localizer:
     if cfg.localize == "none":
         return whole_image
-    dense = DenseLocalizer(TimmPatchFeatures(backbone, cfg.dense_resolution, device), view.image, view.mask)
+    features = TimmPatchFeatures(backbone, cfg.dense_resolution, device, layout=cfg.dense_input)
+    dense = DenseLocalizer(features, view.image, view.mask)
     if cfg.localize == "dense_otsu":
         return dense
+    if cfg.persam == "reference":
+        # The reference's point rule follows its backbone's name: spaced points for DINOv2 only.
+        return ReferencePerSam(dense, *load_sam(cfg.sam, device), view.image, view.mask,
+                               spaced="dinov2" in cfg.backbone, device=device)
     return PerSamLocalizer(dense, *load_sam(cfg.sam, device), n_points=cfg.persam_points, device=device)
 
 

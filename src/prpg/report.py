@@ -42,8 +42,12 @@ TABLES_DIR = Path("reports/tables")
 TASKS = ("classification", "retrieval", "retrieval_ndcg", "retrieval_mrr", "retrieval_top10",
          "detection", "detection_ap50", "detection_f1", "detection_f1_50",
          "segmentation", "segmentation_ap50", "segmentation_f1", "segmentation_f1_50")
-HEADLINE_TASKS = ("classification", "retrieval", "detection", "segmentation")
-TASK_LABELS = {"classification": "Cls", "retrieval": "Ret", "detection": "Det", "segmentation": "Seg"}
+# The paper's "Ret" column is NDCG over the full ranking (the reference computes NDCG, MRR and top-10 and
+# no mAP; NDCG is its first output, protocol §2.2), so "Ret" is our retrieval_ndcg; our mAP ("retrieval")
+# follows as the extra column "Ret mAP", which has no paper counterpart.
+HEADLINE_TASKS = ("classification", "retrieval_ndcg", "detection", "segmentation", "retrieval")
+TASK_LABELS = {"classification": "Cls", "retrieval_ndcg": "Ret", "detection": "Det", "segmentation": "Seg",
+               "retrieval": "Ret mAP"}
 SPLITS = ("in_distribution", "pose", "distractors", "pose_and_distractors")
 SPLIT_LABELS = {"in_distribution": "ID", "pose": "Pose", "distractors": "Distractors",
                 "pose_and_distractors": "Both", "all": "All"}
@@ -62,19 +66,19 @@ REQUIRED_PARAMS = ("dataset", "backbone", "method")
 
 # Published reference numbers, x100: the project page's results table (paper-protocol §4.1, exact;
 # Dec 2024 version). Rows "-P (DB)" = personalized with DreamBooth-based synthetic data. Per task the
-# three values are (PODS, DF2, Dogs).
+# three values are (PODS, DF2, Dogs). "Ret" is filed under retrieval_ndcg (see HEADLINE_TASKS).
 PAPER_MAIN = {
-    ("dinov2_vitb14", "pretrained"): {"classification": (31.0, 14.4, 83.1), "retrieval": (71.7, 36.3, 89.4),
+    ("dinov2_vitb14", "pretrained"): {"classification": (31.0, 14.4, 83.1), "retrieval_ndcg": (71.7, 36.3, 89.4),
                                       "detection": (13.0, 4.4, 12.0), "segmentation": (11.8, 5.1, 11.4)},
-    ("dinov2_vitb14", "personalized"): {"classification": (42.9, 34.9, 81.9), "retrieval": (76.8, 64.4, 94.9),
+    ("dinov2_vitb14", "personalized"): {"classification": (42.9, 34.9, 81.9), "retrieval_ndcg": (76.8, 64.4, 94.9),
                                         "detection": (13.7, 8.2, 16.5), "segmentation": (13.0, 8.7, 16.8)},
-    ("clip_vitb16", "pretrained"): {"classification": (28.7, 12.7, 36.5), "retrieval": (64.4, 34.7, 58.0),
+    ("clip_vitb16", "pretrained"): {"classification": (28.7, 12.7, 36.5), "retrieval_ndcg": (64.4, 34.7, 58.0),
                                     "detection": (0.2, 2.8, 7.4), "segmentation": (0.1, 3.0, 6.7)},
-    ("clip_vitb16", "personalized"): {"classification": (44.2, 25.6, 65.4), "retrieval": (72.2, 51.3, 80.4),
+    ("clip_vitb16", "personalized"): {"classification": (44.2, 25.6, 65.4), "retrieval_ndcg": (72.2, 51.3, 80.4),
                                       "detection": (1.6, 4.0, 10.6), "segmentation": (0.6, 4.4, 10.2)},
-    ("mae_vitb16", "pretrained"): {"classification": (8.4, 5.2, 11.3), "retrieval": (35.0, 25.8, 33.6),
+    ("mae_vitb16", "pretrained"): {"classification": (8.4, 5.2, 11.3), "retrieval_ndcg": (35.0, 25.8, 33.6),
                                    "detection": (0.0, 0.2, 0.1), "segmentation": (0.0, 1.1, 1.1)},
-    ("mae_vitb16", "personalized"): {"classification": (15.8, 12.1, 30.3), "retrieval": (30.3, 23.2, 42.9),
+    ("mae_vitb16", "personalized"): {"classification": (15.8, 12.1, 30.3), "retrieval_ndcg": (30.3, 23.2, 42.9),
                                      "detection": (0.1, 0.3, 0.2), "segmentation": (0.1, 1.2, 1.2)},
 }
 # Approximate (read off the project page's bar chart, §4.2): classification AP x100 per PODS test split

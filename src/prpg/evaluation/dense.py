@@ -28,8 +28,17 @@ from PIL import Image
 from prpg.configs import EvalConfig
 from prpg.data import Dataset, DatasetError, load_image, load_mask, mask_to_box
 from prpg.evaluation.features import cached_dense_features, relative_key
-from prpg.evaluation.geometry import Box, BoxGeometry, PadGeometry, box_cells, canvas_mask, grid_to_image
+from prpg.evaluation.geometry import (
+    Box,
+    BoxGeometry,
+    PadGeometry,
+    box_cells,
+    box_cells_sampled,
+    canvas_mask,
+    grid_to_image,
+)
 from prpg.evaluation.metrics import DenseRecord
+from prpg.evaluation.protocol import fill_largest, is_reference, mean_target, reference_box, target_pooling
 from prpg.filtering import PerSamLocalizer, largest_component, real_views, target_feature
 
 if TYPE_CHECKING:
@@ -87,11 +96,13 @@ def _in_plane(structure: np.ndarray) -> np.ndarray:
     return out
 
 
-def threshold_masks(sims: Sequence[np.ndarray], min_size: int | None = None) -> list[np.ndarray | None]:
+def threshold_masks(sims: Sequence[np.ndarray], min_size: int | None = None,
+                    largest: bool = True) -> list[np.ndarray | None]:
     """`threshold_mask` of each map (min_size None: default_min_size of its shape), exactly, with the
     maps of one shape cleaned up as one (N, H, W) stack: every structuring element lies in a map's plane
     (shape (1, 3, 3)), so no step reaches across maps. 2400 maps per evaluate stage made the per-map
-    calls a third of its time."""
+    calls a third of its time. largest=False: all foreground left after the clean-up (the reference
+    boxes that), no component chosen."""
     from scipy.ndimage import binary_fill_holes, label
     from skimage.filters import threshold_otsu
     from skimage.morphology import closing, dilation, erosion
@@ -106,6 +117,10 @@ def threshold_masks(sims: Sequence[np.ndarray], min_size: int | None = None) -> 
         fg &= (np.bincount(labels.ravel()) >= (min_size or default_min_size(h, w)))[labels]
         fg = closing(fg, _CROSS[None])
         fg = erosion(dilation(fg, _CROSS[None]), _CROSS[None])
+        if not largest:
+            for j, i in enumerate(idx):
+                out[i] = fg[j] if fg[j].any() else None
+            continue
         labels, _ = label(fg, structure=_in_plane(_SQUARE))  # numbered in raster order, map after map
         sizes = np.bincount(labels.ravel())
         keep = np.zeros_like(fg)
@@ -121,9 +136,12 @@ def threshold_masks(sims: Sequence[np.ndarray], min_size: int | None = None) -> 
     return out
 
 
-def box_feature(features: torch.Tensor, box: Box, geom: PadGeometry, mode: BoxGeometry) -> torch.Tensor:
-    """(D,) mean patch feature of the cells inside the box."""
-    return features.float()[box_cells(box, geom, mode)].mean(0)
+def box_feature(features: torch.Tensor, box: Box, geom: PadGeometry, mode: BoxGeometry,
+                rule: str | None = None) -> torch.Tensor:
+    """(D,) mean patch feature of the cells inside the box: fully inside (rule None, ours) or the
+    reference's sampled cells (rule "centre" / "touch", geometry.box_cells_sampled)."""
+    cells = box_cells(box, geom, mode) if rule is None else box_cells_sampled(box, geom, mode, rule)
+    return features.float()[cells].mean(0)
 
 
 def box_score(features: torch.Tensor, box: Box, geom: PadGeometry, train_box_features: torch.Tensor,
@@ -183,12 +201,25 @@ def scored(mask: np.ndarray | None, features: torch.Tensor, geom: PadGeometry, t
 
 
 def instance_target(train: Sequence[torch.Tensor], masks: Sequence[np.ndarray], geoms: Sequence[PadGeometry],
-                    which: str = "first") -> torch.Tensor:
-    """(D,) target from the first train image (the paper) or from the masked patches of all of them."""
+                    which: str = "first", pooling: str = "max+mean") -> torch.Tensor:
+    """(D,) target from the first train image (the paper) or from the masked patches of all of them;
+    pooling "mean" is the reference's MAE target (protocol.target_pooling)."""
     n = 1 if which == "first" else len(train)
     feats = torch.cat([t.float() for t in train[:n]], dim=0)  # stacked grids: area pooling stays per image
     canvas = np.concatenate([canvas_mask(m, g) for m, g in zip(masks[:n], geoms[:n])], axis=0)
-    return target_feature(feats, canvas)
+    return mean_target(feats, canvas) if pooling == "mean" else target_feature(feats, canvas)
+
+
+def reference_prediction(fg: np.ndarray | None, features: torch.Tensor, geom: PadGeometry,
+                         train_box_features: torch.Tensor, cfg: EvalConfig):
+    """The reference's prediction from the cleaned foreground: (filled largest component, COCO box of ALL
+    the foreground, score of that box over its centre cells); (None, None, 0.0) when empty."""
+    box = None if fg is None else mask_to_box(fg)
+    if box is None:
+        return None, None, 0.0
+    score = float(F.cosine_similarity(box_feature(features, box, geom, cfg.box_geometry, "centre")[None],
+                                      train_box_features, dim=-1).max())
+    return fill_largest(fg), reference_box(fg), score
 
 
 def dense_predictions(ds: Dataset, instance: str, bb: Backbone, cfg: EvalConfig,
@@ -200,14 +231,20 @@ def dense_predictions(ds: Dataset, instance: str, bb: Backbone, cfg: EvalConfig,
     score-0 category-0 record (the same numbers)."""
     if cfg.dense_mode not in ("threshold", "persam"):
         raise ValueError(f"dense_mode must be 'threshold' or 'persam', got {cfg.dense_mode!r}")
+    ref = is_reference(cfg.protocol)
+    if ref and cfg.dense_mode != "threshold":
+        raise ValueError("evaluate.protocol 'reference' reproduces the threshold mode only; "
+                         "use dense_mode 'threshold' or protocol 'fixed'")
     sam = _sam(cfg.sam, cfg.device) if cfg.dense_mode == "persam" else None
-    kw = dict(root=ds.root, grid=cfg.dense_grid, batch=cfg.batch, device=cfg.device, dataset=ds.name)
+    kw = dict(root=ds.root, grid=cfg.dense_grid, batch=cfg.batch, device=cfg.device, dataset=ds.name,
+              protocol=cfg.protocol)
     views = real_views(ds, instance)  # train images + masks paired by stem, non-empty, sizes checked
     train = cached_dense_features(bb, ds.images("train", instance), cache_dir, **kw)
     geoms = [PadGeometry(h, w, cfg.dense_grid, bb.patch_size) for h, w in train.sizes]
     target = instance_target([train.patches(i) for i in range(len(train))], [v.mask for v in views], geoms,
-                             cfg.target_images)
-    train_boxes = torch.stack([box_feature(train.patches(i), v.box, g, cfg.box_geometry)
+                             cfg.target_images, target_pooling(bb, cfg.protocol))
+    # the reference keeps the train GT box cells whose resized box mask is > 0 (touched), ours fully inside
+    train_boxes = torch.stack([box_feature(train.patches(i), v.box, g, cfg.box_geometry, "touch" if ref else None)
                                for i, (v, g) in enumerate(zip(views, geoms))])
 
     out = []
@@ -219,7 +256,7 @@ def dense_predictions(ds: Dataset, instance: str, bb: Backbone, cfg: EvalConfig,
         if cfg.dense_mode == "threshold":  # predict's masks, the chunk's maps at once (threshold_masks)
             sims = [dense_similarity(dense.patches(i), target, g) for i, g in enumerate(geoms)]
             some = [i for i, sim in enumerate(sims) if sim is not None]
-            masks = dict(zip(some, threshold_masks([sims[i] for i in some], cfg.min_object_size)))
+            masks = dict(zip(some, threshold_masks([sims[i] for i in some], cfg.min_object_size, largest=not ref)))
         for i, r in enumerate(chunk):
             h, w = dense.sizes[i]
             gt = None
@@ -231,10 +268,16 @@ def dense_predictions(ds: Dataset, instance: str, bb: Backbone, cfg: EvalConfig,
                 if gt.shape != (h, w):
                     raise DatasetError(f"{r.mask_path}: mask is {gt.shape[1]}x{gt.shape[0]} but the image is "
                                        f"{w}x{h}; a mask must match its photo")
+            rel = relative_key(r.path, ds.root)
+            if ref:  # GT: filled largest contour for segm, the raw mask's box for bbox, as the reference
+                pred, pred_box, score = reference_prediction(masks.get(i), dense.patches(i), geoms[i], train_boxes,
+                                                             cfg)
+                out.append(DenseRecord.from_masks(h, w, fill_largest(gt), pred, score, r.test_split, rel,
+                                                  gt_box=reference_box(gt), pred_box=pred_box))
+                continue
             if cfg.dense_mode == "threshold":
                 pred, score = scored(masks.get(i), dense.patches(i), geoms[i], train_boxes, cfg)
             else:
                 pred, score = predict(dense.patches(i), geoms[i], target, train_boxes, cfg, r.path, sam)
-            rel = relative_key(r.path, ds.root)
             out.append(DenseRecord.from_masks(h, w, gt, pred, score, r.test_split, rel))
     return out

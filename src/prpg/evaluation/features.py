@@ -90,10 +90,14 @@ def content_key(path: Path, root: Path) -> str:
     return f"{relative_key(path, root)}@{content_hash(path)}"
 
 
-def _settings(bb: Backbone, **extra) -> str:
-    # "key" versions the key format: files of the path-only keys of before are never read.
+def _settings(bb: Backbone, protocol: str = "fixed", **extra) -> str:
+    # "key" versions the key format: files of the path-only keys of before are never read. The reference
+    # protocol changes the features (input statistics, position-embedding resampling), so it is part of
+    # the key; "fixed" adds nothing, so the caches of before stay valid.
     s = {"mean": list(bb.mean), "std": list(bb.std), "resize": bb.resize, "crop": bb.crop,
          "patch": bb.patch_size, "key": "path@sha256", **extra}
+    if protocol != "fixed":
+        s["protocol"] = protocol
     return hashlib.sha1(json.dumps(s, sort_keys=True).encode()).hexdigest()[:10]
 
 
@@ -146,35 +150,45 @@ def _chunks(seq: Sequence, n: int):
 
 
 def embed_records(bb: Backbone, records: Sequence[ImageRecord], feature: str = "cls", batch: int = 32,
-                  device: str = "cpu") -> torch.Tensor:
+                  device: str = "cpu", protocol: str = "fixed") -> torch.Tensor:
     """(N, D) float32 L2-normalized global embeddings; images are read `batch` at a time (PODS's
-    10.9k test photos do not fit in memory at once)."""
-    from prpg.backbones import embed_images
+    10.9k test photos do not fit in memory at once). protocol "reference": the reference's position-
+    embedding resampling (backbones.hub_pos_embed)."""
+    from prpg.backbones import embed_images, hub_pos_embed
+    from prpg.evaluation.protocol import is_reference
 
-    out = [embed_images(bb, [load_image(r.path) for r in chunk], feature=feature, batch=batch,
-                        device=device).float().cpu() for chunk in _chunks(list(records), batch)]
+    with hub_pos_embed(bb, is_reference(protocol)):
+        out = [embed_images(bb, [load_image(r.path) for r in chunk], feature=feature, batch=batch,
+                            device=device).float().cpu() for chunk in _chunks(list(records), batch)]
     return torch.cat(out) if out else torch.zeros(0, 0)
 
 
 @torch.no_grad()
 def dense_records(bb: Backbone, records: Sequence[ImageRecord], grid: int, batch: int = 32,
-                  device: str = "cpu") -> DenseFeatures:
+                  device: str = "cpu", protocol: str = "fixed") -> DenseFeatures:
     """Patch features of each image on its padded canvas (geometry.py), L2-normalized, float16. Eval
-    mode (LoRA dropout off); the model's train/eval mode is restored afterwards, as embed_images does."""
+    mode (LoRA dropout off); the model's train/eval mode is restored afterwards, as embed_images does.
+    protocol "reference": ImageNet input statistics for every backbone and the reference's position-
+    embedding resampling (evaluation.protocol)."""
+    from prpg.backbones import hub_pos_embed
+    from prpg.evaluation.protocol import dense_stats, is_reference
+
     was_training = bb.model.training
     bb.model.eval().to(device)
     try:
-        return _dense(bb, records, grid, batch, device)
+        with hub_pos_embed(bb, is_reference(protocol)):
+            return _dense(bb, records, grid, batch, device, *dense_stats(bb, protocol))
     finally:
         bb.model.train(was_training)
 
 
-def _dense(bb: Backbone, records: Sequence[ImageRecord], grid: int, batch: int, device: str) -> DenseFeatures:
+def _dense(bb: Backbone, records: Sequence[ImageRecord], grid: int, batch: int, device: str,
+           mean, std) -> DenseFeatures:
     feats, sizes = [], []
     for chunk in _chunks(list(records), batch):
         images = [load_image(r.path) for r in chunk]
         geoms = [PadGeometry(im.height, im.width, grid, bb.patch_size) for im in images]
-        x = torch.stack([canvas_tensor(im, g, bb.mean, bb.std) for im, g in zip(images, geoms)])
+        x = torch.stack([canvas_tensor(im, g, mean, std) for im, g in zip(images, geoms)])
         _, patches = bb.tokens(x.to(device))
         if tuple(patches.shape[1:3]) != (grid, grid):
             raise ValueError(f"{bb.name}: tokens() gave a {tuple(patches.shape[1:3])} patch grid for "
@@ -191,14 +205,14 @@ def _dense(bb: Backbone, records: Sequence[ImageRecord], grid: int, batch: int, 
 
 def cached_features(bb: Backbone, records: Sequence[ImageRecord], cache_dir: Path | None, *, root: Path,
                     feature: str = "cls", batch: int = 32, device: str = "cpu",
-                    dataset: str | None = None) -> torch.Tensor:
+                    dataset: str | None = None, protocol: str = "fixed") -> torch.Tensor:
     """(N, D) global embeddings of `records` (embed_records), read from / added to the cache when
     cache_dir is given. Only the images not cached yet are embedded."""
     records = list(records)
     if cache_dir is None:
-        return embed_records(bb, records, feature, batch, device)
+        return embed_records(bb, records, feature, batch, device, protocol)
     folder = model_dir(bb, cache_dir, dataset or Path(root).name)
-    path = folder / f"global-{feature}-{_settings(bb, feature=feature)}.safetensors"
+    path = folder / f"global-{feature}-{_settings(bb, protocol, feature=feature)}.safetensors"
     keys = [content_key(r.path, root) for r in records]
     stored = _load(path) if path.exists() else {}
     if any(k not in stored for k in keys):
@@ -206,7 +220,7 @@ def cached_features(bb: Backbone, records: Sequence[ImageRecord], cache_dir: Pat
             stored = _load(path) if path.exists() else {}
             todo = [(k, r) for k, r in zip(keys, records) if k not in stored]
             if todo:
-                new = embed_records(bb, [r for _, r in todo], feature, batch, device)
+                new = embed_records(bb, [r for _, r in todo], feature, batch, device, protocol)
                 stored.update({k: v.clone().contiguous() for (k, _), v in zip(todo, new)})
                 dims = {tuple(v.shape) for v in stored.values()}
                 if len(dims) > 1:
@@ -219,7 +233,7 @@ def cached_features(bb: Backbone, records: Sequence[ImageRecord], cache_dir: Pat
 
 def cached_dense_features(bb: Backbone, records: Sequence[ImageRecord], cache_dir: Path | None, *,
                           root: Path, grid: int, batch: int = 32, device: str = "cpu",
-                          dataset: str | None = None) -> DenseFeatures:
+                          dataset: str | None = None, protocol: str = "fixed") -> DenseFeatures:
     """Dense features of `records` (dense_records), one cache file per image when cache_dir is given.
     A batch with any image not cached is embedded whole: batches are always the same `batch`-sized
     slices of `records`, so a cached value does not depend on what was cached before (on CPU an
@@ -227,9 +241,9 @@ def cached_dense_features(bb: Backbone, records: Sequence[ImageRecord], cache_di
     process (prpg repro --jobs) filling the cache at the same time."""
     records = list(records)
     if cache_dir is None:
-        return dense_records(bb, records, grid, batch, device)
+        return dense_records(bb, records, grid, batch, device, protocol)
     folder = model_dir(bb, cache_dir, dataset or Path(root).name)
-    folder = folder / f"dense-g{grid}-{_settings(bb, grid=grid)}"
+    folder = folder / f"dense-g{grid}-{_settings(bb, protocol, grid=grid)}"
     paths = [folder / f"{content_key(r.path, root)}.safetensors" for r in records]
     if not all(p.exists() for p in paths):
         with _filling(folder):  # checked again per batch: another process may have filled some
@@ -237,7 +251,7 @@ def cached_dense_features(bb: Backbone, records: Sequence[ImageRecord], cache_di
                 missing = [not p.exists() for p, _ in chunk]
                 if not any(missing):
                     continue
-                new = dense_records(bb, [r for _, r in chunk], grid, batch, device)
+                new = dense_records(bb, [r for _, r in chunk], grid, batch, device, protocol)
                 for i, (p, _) in enumerate(chunk):
                     if missing[i]:
                         tensors = {"features": new.features[i].clone().contiguous(),

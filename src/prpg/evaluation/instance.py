@@ -27,6 +27,7 @@ from prpg.configs import EvalConfig
 from prpg.data import TEST_SPLITS, Dataset, DatasetError, ImageRecord
 from prpg.evaluation.dense import dense_predictions
 from prpg.evaluation.features import cached_features
+from prpg.evaluation.protocol import global_feature
 from prpg.evaluation.metrics import (
     DenseRecord,
     classification_ap,
@@ -117,8 +118,8 @@ def evaluate_instance(ds: Dataset, instance: str, models: Mapping[str, Backbone]
     for name, bb in models.items():
         cache = cache_dir if cache_dir is not None and name in cfg.cache_models else None
         if {"classification", "retrieval"} & set(cfg.tasks):
-            kw = dict(root=ds.root, feature=cfg.eval_feature, batch=cfg.batch, device=cfg.device,
-                      dataset=ds.name)
+            kw = dict(root=ds.root, feature=global_feature(bb, cfg.eval_feature, cfg.protocol), batch=cfg.batch,
+                      device=cfg.device, dataset=ds.name, protocol=cfg.protocol)
             tr, te = cached_features(bb, train, cache, **kw), cached_features(bb, test, cache, **kw)
             train_of, test_of = [r.instance for r in train], np.asarray([r.instance for r in test])
             test_split = np.asarray([r.test_split for r in test], dtype=object)

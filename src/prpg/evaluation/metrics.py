@@ -80,15 +80,21 @@ class DenseRecord:
     score: float
     test_split: str | None = None
     path: str = ""
+    # Explicit COCO (x, y, w, h) boxes (the reference protocol's, evaluation.protocol); None: the mask's box.
+    gt_box: tuple[float, ...] | None = None
+    pred_box: tuple[float, ...] | None = None
 
     @classmethod
     def from_masks(cls, height: int, width: int, gt: np.ndarray | None, pred: np.ndarray | None,
-                   score: float, test_split: str | None = None, path: str = "") -> DenseRecord:
-        """Empty masks count as absent; an absent prediction scores 0."""
+                   score: float, test_split: str | None = None, path: str = "",
+                   gt_box: tuple[float, ...] | None = None, pred_box: tuple[float, ...] | None = None) -> DenseRecord:
+        """Empty masks count as absent; an absent prediction scores 0. gt_box / pred_box, when given,
+        replace the masks' boxes for detection (they go with a present mask only)."""
         gt_rle = encode(gt) if gt is not None and np.any(gt) else None
         pred_rle = encode(pred) if pred is not None and np.any(pred) else None
         return cls(int(height), int(width), gt_rle, pred_rle, float(score) if pred_rle is not None else 0.0,
-                   test_split, path)
+                   test_split, path, gt_box if gt_rle is not None else None,
+                   pred_box if pred_rle is not None else None)
 
 
 def _box(rle: dict) -> list[float]:
@@ -109,7 +115,8 @@ def coco_inputs(records: list[DenseRecord], iou_type: str) -> tuple[dict, list[d
     anns, dets = [], []
     for i, r in enumerate(records):
         if r.gt is not None:
-            ann = {"id": len(anns) + 1, "image_id": i + 1, "category_id": 1, "iscrowd": 0, "bbox": _box(r.gt)}
+            gt_box = _box(r.gt) if r.gt_box is None else [float(v) for v in r.gt_box]
+            ann = {"id": len(anns) + 1, "image_id": i + 1, "category_id": 1, "iscrowd": 0, "bbox": gt_box}
             if iou_type == "segm":
                 ann.update(segmentation=r.gt, area=float(mask_utils.area(r.gt)))
             else:
@@ -117,7 +124,8 @@ def coco_inputs(records: list[DenseRecord], iou_type: str) -> tuple[dict, list[d
             anns.append(ann)
         if r.pred is not None:
             det = {"image_id": i + 1, "category_id": 1, "score": float(r.score)}
-            det.update({"segmentation": r.pred} if iou_type == "segm" else {"bbox": _box(r.pred)})
+            box = _box(r.pred) if r.pred_box is None else [float(v) for v in r.pred_box]
+            det.update({"segmentation": r.pred} if iou_type == "segm" else {"bbox": box})
             dets.append(det)
     gt = {"images": images, "annotations": anns, "categories": [{"id": 1, "name": "object"}]}
     return gt, dets

@@ -12,12 +12,18 @@ literally as `<new1>` (it is replaced by the configured identifier); a `bag` key
 
 Shipped sets: pods (mug, bottle, screwdriver, shoe, tote), df2 (shirt), dogs (dog), toybox (the
 PODS categories, in the toybox world's caption vocabulary only; see scripts/make_prompts.py).
+
+The paper's own lists (GPT-written, keyed by instance) are NOT shipped: they are the paper's inputs, like
+a dataset, and `prpg data download prompts` fetches them from the reference repository at a pinned
+commit, checksum verified, into data/prompts/ (REFERENCE_PROMPT_FILES; prpg.prompts.download). Paper
+experiments read them from there (prpg.experiments.DATASETS).
 """
 
 from __future__ import annotations
 
 import itertools
 import json
+import os
 import re
 from collections.abc import Mapping, Sequence
 from importlib import resources
@@ -31,6 +37,20 @@ REFERENCE_IDENTIFIER = "<new1>"  # how the reference's prompt files write the id
 CATEGORY_ALIASES = {"tote": ("bag",)}  # our category -> the reference's key for it
 PROMPTS_PER_CATEGORY = 100  # the reference's lists all hold exactly 100 sentences
 _BRACES = re.compile(r"\{[^{}]*\}|[{}]")
+# Where the shipped sets live, relative to the repository root (src layout): the DVC dependency of a
+# stage that reads a shipped set (a set name is not a path; see prompt_file_path).
+SHIPPED_DIR = "src/prpg/prompts"
+# The paper's prompt files: the reference repository at its last commit (2025-02-27), one file per dataset,
+# {instance: [100 sentences]}. A download is kept only if its sha256 is the one pinned here.
+REFERENCE_REPO = "ssundaram21/personalized-rep"
+REFERENCE_COMMIT = "2679a9234a0a264ab2cf1dcae1edb8d0c5990d1e"
+REFERENCE_URL = "https://raw.githubusercontent.com/{repo}/{commit}/configs/prompts/{file}"
+REFERENCE_PROMPT_FILES = {  # dataset -> (file name, sha256)
+    "pods": ("gpt_prompts_pods.json", "01dcd7f727d12fb37e859e241b9cc79a87f57df8873c3bd865bacff78d79b3c2"),
+    "dogs": ("gpt_prompts_dogs.json", "d262a9bc29ba29b7f0713a788746a9032c81ba1e75d45208757964113d0bb9e2"),
+    "df2": ("gpt_prompts_df2.json", "46d50f764a1b4837ff218d5c92e9d22627dbf98892cef509aeb936893c49e656"),
+}
+PROMPTS_DIR = "data/prompts"  # where `prpg data download prompts` puts them: data/, which data.dvc tracks
 
 
 class PromptFileError(ValueError):
@@ -48,6 +68,42 @@ def prompt_path(name_or_path: str | Path) -> Path:
             "or the path of a JSON file {category or instance: [sentences]}"
         )
     return path
+
+
+def reference_prompt_file(dataset: str, folder: str | Path = PROMPTS_DIR) -> str:
+    """The path of a dataset's downloaded reference prompt file, e.g. data/prompts/gpt_prompts_pods.json."""
+    if dataset not in REFERENCE_PROMPT_FILES:
+        raise PromptFileError(f"no reference prompt file for dataset {dataset!r}; the reference ships "
+                              f"{', '.join(REFERENCE_PROMPT_FILES)}")
+    return str(Path(folder) / REFERENCE_PROMPT_FILES[dataset][0])
+
+
+def prompt_file_path(name_or_path: str | Path) -> Path:
+    """The file a prompt_file value names, relative to the repository root for a shipped set (the path a
+    DVC dependency must cover), without checking that it exists."""
+    if str(name_or_path) in PROMPT_SETS:
+        return Path(SHIPPED_DIR) / f"{name_or_path}.json"
+    return Path(name_or_path)
+
+
+def covers(source: str | Path, name_or_path: str | Path) -> bool:
+    """Whether the file or folder `source` holds the prompt file `name_or_path` (compared as paths, both
+    relative to the same working directory: no file needs to exist)."""
+    src = Path(os.path.abspath(source))
+    target = Path(os.path.abspath(prompt_file_path(name_or_path)))
+    return target == src or target.is_relative_to(src)
+
+
+def stand_in_reference_prompts(instances: Mapping[str, str], n: int = 4) -> dict[str, list[str]]:
+    """A reference-FORMAT table for worlds without the download (rehearsals, launch checks): keyed by
+    instance, `n` sentences each, the identifier written `<new1>` before the category word as in the
+    paper's files. Not the paper's sentences; only their shape."""
+    scenes = ("on a wooden table", "in a sunny park", "on a kitchen counter", "next to a window",
+              "on a beach at sunset", "in a cluttered room", "on a stone wall", "in the snow")
+    if not 1 <= n <= len(scenes):
+        raise ValueError(f"n must be 1..{len(scenes)}, got {n}")
+    return {name: [f"A {REFERENCE_IDENTIFIER} {category} {scene}" for scene in scenes[:n]]
+            for name, category in instances.items()}
 
 
 def validate_prompts(obj: object, source: str) -> dict[str, list[str]]:

@@ -222,8 +222,9 @@ def count_ratios(full: dict, reduced: dict) -> dict[str, float]:
     }
 
 
-def flat_params(params_file: Path) -> dict[str, object]:
-    """Every leaf of the validated params as dotted keys (defaults included)."""
+def flat_params(params_file: Path, root: Path | None = None) -> dict[str, object]:
+    """Every leaf of the validated params as dotted keys (defaults included); relative paths in them (prompt
+    files, model folders) are looked up under root (default: params_file's folder)."""
     from pydantic import TypeAdapter
 
     from prpg.params import GROUPS, load_params
@@ -237,7 +238,7 @@ def flat_params(params_file: Path) -> dict[str, object]:
         else:
             out[prefix] = value
 
-    for group, model in load_params(params_file).items():
+    for group, model in load_params(params_file, root=root).items():
         walk(group, TypeAdapter(GROUPS[group]).dump_python(model))
     return out
 
@@ -355,7 +356,7 @@ def flat_params_after(copy: Path, name: str) -> dict[str, object]:
         params = Path(tmp) / "params.yaml"
         subprocess.run(["git", "show", "HEAD:params.yaml"], cwd=copy, check=True, stdout=params.open("w"))
         apply_overrides(str(params), overrides(name))
-        return flat_params(params)
+        return flat_params(params, root=copy)  # the copy holds the files the params name (data/prompts)
 
 
 def collect(name, shape, device, picked, cmd, reduced, wall, copy: Path, stats_dir: Path,

@@ -72,3 +72,12 @@ def test_mini_rehearsal_runs_the_paper_experiment(tmp_path, hub_dir, name):
     assert personalize["output_bytes"] > 0 and personalize["count_ratio"] == 200  # 400 steps / 2
     assert "| personalize@" in (tmp_path / "reports" / f"{name}-mini-cpu.md").read_text()
     assert not os.environ.get("HF_HUB_OFFLINE")  # the offline switch stayed inside the rehearsal
+
+
+def test_disk_grows_with_images_not_sampler_steps():
+    from prpg.rehearsal.rehearse import image_ratios
+
+    full = flat_params(ROOT / "params.yaml")
+    ratios = image_ratios(full, {**full, **REDUCED})
+    # toybox: 16 class images + 32 negatives + 8 backgrounds vs 2 + 4 + 2; 100 positives + 64 composites vs 2 + 4
+    assert ratios["priors"] == 56 / 8 and ratios["synthesize"] == 164 / 6 and ratios["filter"] == 32 / 2

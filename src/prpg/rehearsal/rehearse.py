@@ -384,7 +384,7 @@ def collect(name, shape, device, picked, cmd, reduced, wall, copy: Path, stats_d
             cpu_seconds=s.get("cpu_seconds"), output_bytes=out_bytes,
             count_ratio=round(ratio, 2) if ratio else None,
             projected_seconds=round(s["wall_seconds"] - work_seconds + work_seconds * ratio, 1) if ratio else None,
-            projected_output_bytes=_project_bytes(kind, out_bytes, ratio, copy, key)))
+            projected_output_bytes=_project_bytes(kind, out_bytes, image_ratios(full, rehearsed).get(kind))))
     result = Rehearsal(name=name, shape=shape, device=device, instances=picked, command=cmd, reduced=reduced,
                        not_counts=NOT_COUNTS, wall_seconds=round(wall, 1), stages=stages,
                        cache_bytes=_du(copy / ".dvc" / "cache"), disk_bytes=_du(copy / "outputs", copy / ".dvc" / "cache"),
@@ -402,8 +402,22 @@ def evaluate_ratio(world_root: Path, full_images: dict[str, int]) -> float:
     return max(full_images[split] / max(len(ds.images(split)), 1) for split in full_images)
 
 
-def _project_bytes(kind: str, out_bytes: int, ratio: float | None, copy: Path, key: str | None) -> int | None:
-    """Image outputs grow with their counts; weights (personalize, train) do not."""
+def image_ratios(full: dict, reduced: dict) -> dict[str, float]:
+    """Full / rehearsed number of images each stage writes (disk grows with images, not sampler steps)."""
+    def priors(v):
+        return (v["personalize.num_class_images"] + v["synthesize.negatives.n"]
+                + v["synthesize.cut_paste.n_generated_backgrounds"])
+
+    def synthesized(v):
+        prompts = v["synthesize.positives.num_prompts"] or 100
+        return prompts * math.ceil(v["synthesize.positives.n"] / prompts) + v["synthesize.cut_paste.n"]
+
+    return {"priors": priors(full) / priors(reduced), "synthesize": synthesized(full) / synthesized(reduced),
+            "filter": full["filter.n_keep"] / reduced["filter.n_keep"]}
+
+
+def _project_bytes(kind: str, out_bytes: int, ratio: float | None) -> int | None:
+    """Image outputs grow with their image counts; weights (personalize, train) and metrics do not."""
     if kind in ("personalize", "train", "evaluate"):
         return out_bytes
     return int(out_bytes * ratio) if ratio else None

@@ -4,7 +4,6 @@ with a micro params.yaml, so pipeline tests run `dvc` exactly as a user would, o
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -78,18 +77,12 @@ def run(cmd: list[str], cwd: Path, check: bool = True) -> subprocess.CompletedPr
 def copy_repo(dst: Path, toybox: dict | None = None, params: dict | None = None) -> Path:
     """Copy the repo to dst as a fresh git repo; micro toybox world, plus `params` merged into
     params.yaml (nested dicts are merged key by key)."""
-    files = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], cwd=ROOT,
-                           capture_output=True, text=True, check=True).stdout.split("\0")
-    for rel in filter(None, files):
-        src = ROOT / rel
-        if src.is_file() and not rel.startswith(REGENERATED):
-            (dst / rel).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(src, dst / rel)
-    values = yaml.safe_load((dst / "params.yaml").read_text())
-    values["data"]["toybox"].update(toybox or MICRO_TOYBOX)
-    _merge(values, params or {})
-    (dst / "params.yaml").write_text(yaml.safe_dump(values, sort_keys=False))
-    run(["git", "init", "-q", "-b", "main"], dst)
-    run(["git", "add", "-A"], dst)
-    run(["git", "commit", "-qm", "micro copy"], dst)
-    return dst
+    from prpg.rehearsal.rehearse import copy_repo as copy_tree
+
+    def micro_params(root: Path) -> None:
+        values = yaml.safe_load((root / "params.yaml").read_text())
+        values["data"]["toybox"].update(toybox or MICRO_TOYBOX)
+        _merge(values, params or {})
+        (root / "params.yaml").write_text(yaml.safe_dump(values, sort_keys=False))
+
+    return copy_tree(ROOT, dst, exclude=REGENERATED, before_commit=micro_params)

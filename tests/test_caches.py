@@ -10,17 +10,9 @@ import torch
 from prpg.data import load_dataset
 from prpg.evaluation import EvalConfig, cached_dense_features, cached_features, evaluate_instance
 from tests.conftest import make_pods_tree, write_image
-from tests.test_evaluation import tiny_backbone
+from tests.test_evaluation import one_thread, tiny_backbone  # noqa: F401 (one_thread: autouse fixture)
 
 CFG = EvalConfig(dense_grid=4, batch=8)
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,7 @@ git, so a finished run is saved with `prpg results save NAME` (after `dvc repro`
     reports/results/<name>/train_log.csv   contrastive training curves
     reports/results/<name>/params.json     what the run was: dataset, backbone, method, CFG, loss, ...
 
-One experiment over many instances may be run in parts (one per machine, cluster job or session),
+One experiment over many instances may be run in parts (one per machine, cluster job or day),
 each on its own `run.instances`: `prpg results save NAME --part P` writes the same four files under
 reports/results/<name>/parts/<P>/, and the report reads the parts as one result over all their
 instances (prpg.report.merge_parts: same params but the instances, disjoint instances).

@@ -104,15 +104,19 @@ class Rehearsal:
 # ----------------------------------------------------------------------------- the repository copy
 
 
-def copy_repo(src: Path, dst: Path) -> Path:
-    """Tracked and untracked-not-ignored files of src as a fresh git repo at dst (no outputs, no data)."""
+def copy_repo(src: Path, dst: Path, exclude: tuple[str, ...] = ("reports/rehearsal/",),
+              before_commit=None) -> Path:
+    """Tracked and untracked-not-ignored files of src (the working tree as it is, no outputs, no data),
+    less those under `exclude`, as a fresh git repo at dst; `before_commit(dst)` may edit it first."""
     files = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], cwd=src,
                            capture_output=True, text=True, check=True).stdout.split("\0")
     for rel in filter(None, files):
-        if (src / rel).is_file() and not rel.startswith("reports/rehearsal/"):
+        if (src / rel).is_file() and not rel.startswith(exclude):
             (dst / rel).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(src / rel, dst / rel)
-    for cmd in (["git", "init", "-q", "-b", "main"], ["git", "add", "-A"], ["git", "commit", "-qm", "rehearsal"]):
+    if before_commit is not None:
+        before_commit(dst)
+    for cmd in (["git", "init", "-q", "-b", "main"], ["git", "add", "-A"], ["git", "commit", "-qm", "copy"]):
         subprocess.run(cmd, cwd=dst, check=True, capture_output=True, env=_git_env())
     return dst
 
@@ -194,31 +198,31 @@ def _cell_seconds(notebook: Path) -> tuple[float, float]:
     return setup, sum(d for _, d in durations)
 
 
+def n_positives(v: dict) -> int:
+    """Positives the synthesize stage makes: file mode, ceil(n / prompts) per prompt (the reference's lists
+    hold 100 sentences)."""
+    prompts = v["synthesize.positives.num_prompts"] or 100
+    return prompts * math.ceil(v["synthesize.positives.n"] / prompts)
+
+
 def count_ratios(full: dict, reduced: dict) -> dict[str, float]:
     """Full / rehearsed count of what each stage's work grows with (sampler image-steps, train steps, ...)."""
-    def get(values: dict, key: str):
-        return values[key]
-
     def priors(v):
-        return (get(v, "personalize.num_class_images") * get(v, "personalize.class_steps")
-                + get(v, "synthesize.negatives.n") * get(v, "synthesize.negatives.steps")
-                + get(v, "synthesize.cut_paste.n_generated_backgrounds") * get(v, "synthesize.cut_paste.steps"))
+        return (v["personalize.num_class_images"] * v["personalize.class_steps"]
+                + v["synthesize.negatives.n"] * v["synthesize.negatives.steps"]
+                + v["synthesize.cut_paste.n_generated_backgrounds"] * v["synthesize.cut_paste.steps"])
 
     def positives(v):
-        prompts = v["synthesize.positives.num_prompts"] or 100  # the reference's lists hold 100 sentences
-        return prompts * math.ceil(get(v, "synthesize.positives.n") / prompts) * get(v, "synthesize.positives.steps")
-
-    def attempts(v):  # the filter looks at every synthesized positive once at least
-        prompts = v["synthesize.positives.num_prompts"] or 100
-        return max(prompts * math.ceil(get(v, "synthesize.positives.n") / prompts), 1)
+        return n_positives(v) * v["synthesize.positives.steps"]
 
     return {
         "priors": priors(full) / priors(reduced),
-        "personalize": get(full, "personalize.steps") / get(reduced, "personalize.steps"),
+        "personalize": full["personalize.steps"] / reduced["personalize.steps"],
         "synthesize": positives(full) / positives(reduced),
-        "filter": attempts(full) / min(attempts(reduced), get(reduced, "filter.max_attempts")),
-        "train": (get(full, "train.num_triplets") * get(full, "train.epochs"))
-        / (get(reduced, "train.num_triplets") * get(reduced, "train.epochs")),
+        # the filter looks at every synthesized positive once at least
+        "filter": n_positives(full) / min(n_positives(reduced), reduced["filter.max_attempts"]),
+        "train": (full["train.num_triplets"] * full["train.epochs"])
+        / (reduced["train.num_triplets"] * reduced["train.epochs"]),
     }
 
 
@@ -286,10 +290,9 @@ def rehearse(name: str, *, shape: str = "mini", device: str = "cpu", instances: 
         build_hub(hub / "hf_home", shape)
         build_dreamsim(hub / "dreamsim", shape)
         set_instances(copy / "params.yaml", picked)
-        device_value = "auto" if device == "auto" else device
         reduced = {**REDUCED}
         not_counts = {**NOT_COUNTS, **memory_fallback(shape, device, settings)}
-        values = [f"{k}={v}" for k, v in {**reduced, **not_counts, "common.device": device_value}.items()]
+        values = [f"{k}={v}" for k, v in {**reduced, **not_counts, "common.device": device}.items()]
         values += list(extra or [])
         cmd = command(name, extra=values)
         env = {**_git_env(), "HF_HOME": str(hub / "hf_home"), "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
@@ -409,8 +412,7 @@ def image_ratios(full: dict, reduced: dict) -> dict[str, float]:
                 + v["synthesize.cut_paste.n_generated_backgrounds"])
 
     def synthesized(v):
-        prompts = v["synthesize.positives.num_prompts"] or 100
-        return prompts * math.ceil(v["synthesize.positives.n"] / prompts) + v["synthesize.cut_paste.n"]
+        return n_positives(v) + v["synthesize.cut_paste.n"]
 
     return {"priors": priors(full) / priors(reduced), "synthesize": synthesized(full) / synthesized(reduced),
             "filter": full["filter.n_keep"] / reduced["filter.n_keep"]}

@@ -24,7 +24,7 @@
 # backgrounds, so that only the shape says the category.
 #
 # Frozen in `dvc.yaml`; the result ships in `models/toybox/encoder`. Regenerate with
-# `dvc unfreeze pretrain_toybox && dvc repro pretrain_toybox && dvc freeze pretrain_toybox`.
+# `dvc unfreeze zoo && dvc repro zoo && dvc freeze zoo`.
 
 # %% tags=["parameters"]
 common = {"seed": 0, "device": "cpu", "dataset": "toybox", "data_root": "outputs/data/toybox", "data_source": "src/prpg/toybox"}
@@ -38,15 +38,15 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 import numpy as np
 
-from prpg.paths import chdir_repo_root
+from prpg.core.paths import chdir_repo_root
 
 chdir_repo_root()
 
-from prpg.atomic import atomic_dir  # noqa: E402
+from prpg.core.atomic import atomic_dir  # noqa: E402
 from prpg.data.prepare import load_pool  # noqa: E402
 from prpg.data.images import load_mask  # noqa: E402
-from prpg.models import TOYBOX_ENCODER  # noqa: E402
-from prpg.params import parse_group  # noqa: E402
+from prpg.core.models import TOYBOX_ENCODER  # noqa: E402
+from prpg.core.params import parse_group  # noqa: E402
 from prpg.zoo import gates  # noqa: E402
 from prpg.zoo.encoder import pretrain_encoder  # noqa: E402
 

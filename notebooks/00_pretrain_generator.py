@@ -21,7 +21,7 @@
 #
 # Frozen in `dvc.yaml` (the default `dvc repro` never retrains it; the result ships in
 # `models/toybox/generator`). Regenerate with
-# `dvc unfreeze pretrain_toybox && dvc repro pretrain_toybox && dvc freeze pretrain_toybox`, which
+# `dvc unfreeze zoo && dvc repro zoo && dvc freeze zoo`, which
 # trains the encoder at the same time (one core each), then runs the gates (`00_zoo_gates`).
 
 # %% tags=["parameters"]
@@ -37,15 +37,15 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 import numpy as np
 
-from prpg.paths import chdir_repo_root
+from prpg.core.paths import chdir_repo_root
 
 chdir_repo_root()
 
-from prpg.atomic import atomic_dir  # noqa: E402
+from prpg.core.atomic import atomic_dir  # noqa: E402
 from prpg.data.images import load_mask  # noqa: E402
 from prpg.data.prepare import load_pool  # noqa: E402
-from prpg.models import TOYBOX_GENERATOR  # noqa: E402
-from prpg.params import parse_group, resolve_device  # noqa: E402
+from prpg.core.models import TOYBOX_GENERATOR  # noqa: E402
+from prpg.core.params import parse_group, resolve_device  # noqa: E402
 from prpg.zoo import gates  # noqa: E402
 from prpg.zoo.generator import pretrain_generator  # noqa: E402
 

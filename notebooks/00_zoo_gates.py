@@ -14,7 +14,7 @@
 # %% [markdown]
 # # 00 · Quality gates of the toybox model zoo, and the model cards
 #
-# The shipped models are loaded back through the public loading layer (`prpg.models`), offline, and
+# The shipped models are loaded back through the public loading layer (`prpg.core.models`), offline, and
 # measured:
 #
 # - **encoder**: a category linear probe fit on pool images, scored on the *val* instances
@@ -43,16 +43,16 @@ import matplotlib.pyplot as plt
 import numpy as np
 from PIL import Image
 
-from prpg.paths import chdir_repo_root
+from prpg.core.paths import chdir_repo_root
 
 chdir_repo_root()
 
-from prpg.atomic import write_json_atomic  # noqa: E402
+from prpg.core.atomic import write_json_atomic  # noqa: E402
 from prpg.data import load_dataset  # noqa: E402
 from prpg.data.prepare import load_pool  # noqa: E402
 from prpg.data.images import load_mask, mask_to_box  # noqa: E402
-from prpg.models import TOYBOX_ENCODER, TOYBOX_GENERATOR, load_backbone, load_generator  # noqa: E402
-from prpg.params import parse_group  # noqa: E402
+from prpg.core.models import TOYBOX_ENCODER, TOYBOX_GENERATOR, load_backbone, load_generator  # noqa: E402
+from prpg.core.params import parse_group  # noqa: E402
 from prpg.zoo import gates  # noqa: E402
 from prpg.zoo.card import write_card  # noqa: E402
 from prpg.zoo.encoder import eval_transform  # noqa: E402
@@ -146,12 +146,12 @@ seconds = time.perf_counter() - t0
 # ## Model cards
 
 # %%
-regen = ("`dvc unfreeze pretrain_toybox && dvc repro pretrain_toybox && dvc freeze pretrain_toybox` (notebooks "
+regen = ("`dvc unfreeze zoo && dvc repro zoo && dvc freeze zoo` (notebooks "
          "`00_pretrain_encoder.py` and `00_pretrain_generator.py` train at once, one CPU thread each, then "
          "`00_zoo_gates.py` measures; params group `pretrain`).")
 e = p.encoder
 write_card(TOYBOX_ENCODER, "Toybox encoder (DINOv2 stand-in)",
-           "A tiny ViT of timm's DINOv2 architecture. Load with `prpg.models.load_backbone('toybox')`. "
+           "A tiny ViT of timm's DINOv2 architecture. Load with `prpg.core.models.load_backbone('toybox')`. "
            "Category-supervised on the toybox pool: it knows categories, not instances.",
            {"architecture": f"timm vit_small_patch14_dinov2 class: patch {e.patch_size}, dim {e.embed_dim}, "
                             f"depth {e.depth}, heads {e.heads}, LayerScale init 1.0",
@@ -172,7 +172,7 @@ write_card(TOYBOX_ENCODER, "Toybox encoder (DINOv2 stand-in)",
 c = p.generator
 write_card(TOYBOX_GENERATOR, "Toybox generator (Stable Diffusion 1.5 stand-in)",
            "SD 1.5's architecture, shrunk: CLIP tokenizer (real CLIP BPE ids) + CLIPTextModel, AutoencoderKL, "
-           "UNet2DConditionModel, PNDM. Load with `prpg.models.load_generator('models/toybox/generator')`.",
+           "UNet2DConditionModel, PNDM. Load with `prpg.core.models.load_generator('models/toybox/generator')`.",
            {"resolution": c.resolution,
             "data": f"toybox pool: {gen_train['train_images'] // (2 if c.object_zoom else 1)} captioned images (the first "
                     f"{p.generator_pool_per_category} pool instances per category)"

@@ -34,15 +34,15 @@ import time
 
 import pandas as pd
 
-from prpg.paths import chdir_repo_root
+from prpg.core.paths import chdir_repo_root
 
 chdir_repo_root()  # same cwd under papermill, JupyterLab and pytest
 
-from prpg.atomic import write_json_atomic  # noqa: E402
+from prpg.core.atomic import write_json_atomic  # noqa: E402
 from prpg.data import load_dataset  # noqa: E402
 from prpg.data.gallery import save_gallery  # noqa: E402
 from prpg.data.prepare import prepare_dataset, summarize  # noqa: E402
-from prpg.params import load_params, parse_group  # noqa: E402
+from prpg.core.params import load_params, parse_group  # noqa: E402
 
 # Every group of params.yaml, not only this stage's: the first stage stops a bad value anywhere
 # (`dvc exp run -S train.lr=abc`) before any work, naming the key.

@@ -40,15 +40,15 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 from PIL import Image
 
-from prpg.paths import chdir_repo_root
+from prpg.core.paths import chdir_repo_root
 
 chdir_repo_root()
 
-from prpg.atomic import atomic_dir  # noqa: E402
-from prpg.class_images import generate_class_images  # noqa: E402
+from prpg.core.atomic import atomic_dir  # noqa: E402
+from prpg.priors import generate_class_images  # noqa: E402
 from prpg.data import load_dataset  # noqa: E402
-from prpg.models import load_generator  # noqa: E402
-from prpg.params import parse_group, setup_device  # noqa: E402
+from prpg.core.models import load_generator  # noqa: E402
+from prpg.core.params import parse_group, setup_device  # noqa: E402
 from prpg.synthesize import generate_backgrounds, generate_negatives  # noqa: E402
 
 common_p = parse_group("common", common)

@@ -19,7 +19,7 @@
 # frozen generator in stage 02), loss = MSE(instance) + prior_weight x MSE(class). Options
 # (`personalize` in params.yaml): full fine-tune or LoRA (`mode`), mask-weighted instance loss
 # (`masked`), text-encoder training. Paper runs: SD 1.5 at 512 px, lr 2e-6 x 400 steps
-# (`prpg.dreambooth.PAPER_DREAMBOOTH`); toybox: the tiny generator at 64 px, tuned for CPU.
+# (`prpg.personalize.PAPER_DREAMBOOTH`); toybox: the tiny generator at 64 px, tuned for CPU.
 #
 # `dvc repro` runs this once per instance in `run.instances` (`personalize@<instance>`).
 
@@ -35,15 +35,15 @@ import dataclasses
 import matplotlib.pyplot as plt
 import pandas as pd
 
-from prpg.paths import chdir_repo_root
+from prpg.core.paths import chdir_repo_root
 
 chdir_repo_root()
 
-from prpg.class_images import class_images_dir  # noqa: E402
+from prpg.priors import class_images_dir  # noqa: E402
 from prpg.data import load_dataset  # noqa: E402
-from prpg.dreambooth import personalize as run_dreambooth  # noqa: E402
-from prpg.models import load_generator  # noqa: E402
-from prpg.params import parse_group, setup_device  # noqa: E402
+from prpg.personalize import personalize as run_dreambooth  # noqa: E402
+from prpg.core.models import load_generator  # noqa: E402
+from prpg.core.params import parse_group, setup_device  # noqa: E402
 
 common_p = parse_group("common", common)
 models_p = parse_group("models", models)
@@ -72,7 +72,7 @@ print(f"DreamBooth: {result.seconds:.1f} s, optimizer {result.optimizer}, final 
 # ## Loss curve and a first look at the personalized generator
 
 # %%
-from prpg.dreambooth import INSTANCE_PROMPT  # noqa: E402
+from prpg.personalize import INSTANCE_PROMPT  # noqa: E402
 from prpg.data import load_image  # noqa: E402
 from prpg.zoo.generator import sample  # noqa: E402
 

@@ -39,14 +39,14 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 from PIL import Image
 
-from prpg.paths import chdir_repo_root
+from prpg.core.paths import chdir_repo_root
 
 chdir_repo_root()
 
 from prpg.data import load_dataset  # noqa: E402
-from prpg.dreambooth import load_personalized  # noqa: E402
-from prpg.models import load_generator  # noqa: E402
-from prpg.params import parse_group, setup_device  # noqa: E402
+from prpg.personalize import load_personalized  # noqa: E402
+from prpg.core.models import load_generator  # noqa: E402
+from prpg.core.params import parse_group, setup_device  # noqa: E402
 from prpg.synthesize import cut_and_paste, synthesize as run_synthesis  # noqa: E402
 
 common_p = parse_group("common", common)

@@ -39,17 +39,17 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 import pandas as pd
 
-from prpg.paths import chdir_repo_root
+from prpg.core.paths import chdir_repo_root
 
 chdir_repo_root()
 
-from prpg import backbones  # noqa: E402
-from prpg.atomic import atomic_dir  # noqa: E402
-from prpg.contrastive import train as train_lora  # noqa: E402
+from prpg.core import backbones  # noqa: E402
+from prpg.core.atomic import atomic_dir  # noqa: E402
+from prpg.train.contrastive import train as train_lora  # noqa: E402
 from prpg.data import load_dataset  # noqa: E402
 from prpg.data.dataset import list_images  # noqa: E402
-from prpg.params import POSITIVE_SOURCES, parse_group, setup_device  # noqa: E402
-from prpg.triplets import make_triplets, save_triplets  # noqa: E402
+from prpg.core.params import POSITIVE_SOURCES, parse_group, setup_device  # noqa: E402
+from prpg.train.triplets import make_triplets, save_triplets  # noqa: E402
 
 common_p = parse_group("common", common)
 models_p = parse_group("models", models)

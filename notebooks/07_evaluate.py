@@ -25,7 +25,7 @@
 #   images of other instances counting as false positives.
 #
 # `evaluate.protocol`: "reference" applies the reference implementation's rules (paper runs), "fixed" ours
-# (toybox default); see `prpg.evaluation.protocol`.
+# (toybox default); see `prpg.evaluate.protocol`.
 #
 # Each task is also scored per test split (ID, pose, distractors, both) where the dataset has them.
 # The pretrained backbone's features are cached under `outputs/cache/features` (a plain cache, not a
@@ -48,16 +48,16 @@ from pathlib import Path
 
 import pandas as pd
 
-from prpg.paths import chdir_repo_root
+from prpg.core.paths import chdir_repo_root
 
 chdir_repo_root()
 
-from prpg import backbones  # noqa: E402
-from prpg.atomic import atomic_dir  # noqa: E402
-from prpg.contrastive import load_personalized  # noqa: E402
+from prpg.core import backbones  # noqa: E402
+from prpg.core.atomic import atomic_dir  # noqa: E402
+from prpg.train.contrastive import load_personalized  # noqa: E402
 from prpg.data import load_dataset  # noqa: E402
-from prpg.evaluation import evaluate_instance  # noqa: E402
-from prpg.params import parse_group, setup_device  # noqa: E402
+from prpg.evaluate import evaluate_instance  # noqa: E402
+from prpg.core.params import parse_group, setup_device  # noqa: E402
 
 common_p = parse_group("common", common)
 models_p = parse_group("models", models)
@@ -67,7 +67,7 @@ cfg = dataclasses.replace(cfg, device=device)
 ds = load_dataset(common_p.data_root)
 # evaluate.protocol "reference" (paper runs): the pretrained CLIP baseline is scored on its 512-d projected
 # embedding (encode_image), so its head is loaded; the personalized CLIP keeps the 768-d CLS, as in the
-# reference (prpg.evaluation.protocol lists every reference rule).
+# reference (prpg.evaluate.protocol lists every reference rule).
 reference_clip = cfg.protocol == "reference" and backbones.paper_name_of(models_p.backbone) == "clip_vitb16"
 pretrained = backbones.load(models_p.backbone, device=device, projection=reference_clip)
 personalized = load_personalized(pretrained, f"outputs/train/{instance}/model", merge=True)  # LoRA folded in

@@ -33,14 +33,14 @@ from pathlib import Path
 
 import pandas as pd
 
-from prpg.paths import chdir_repo_root
+from prpg.core.paths import chdir_repo_root
 
 chdir_repo_root()
 
-from prpg.atomic import write_json_atomic, write_text_atomic  # noqa: E402
-from prpg.summary import aggregate  # noqa: E402
-from prpg.params import parse_group  # noqa: E402
-from prpg.triplets import REAL_SOURCE, positives_per_source  # noqa: E402
+from prpg.core.atomic import write_json_atomic, write_text_atomic  # noqa: E402
+from prpg.aggregate import aggregate  # noqa: E402
+from prpg.core.params import parse_group  # noqa: E402
+from prpg.train.triplets import REAL_SOURCE, positives_per_source  # noqa: E402
 
 common_p = parse_group("common", common)
 run_p = parse_group("run", run)

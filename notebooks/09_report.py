@@ -28,12 +28,12 @@ common = {"seed": 0, "device": "cpu", "dataset": "toybox", "data_root": "outputs
 # %%
 from IPython.display import Image, Markdown, display
 
-from prpg.paths import chdir_repo_root
+from prpg.core.paths import chdir_repo_root
 
 chdir_repo_root()
 
 from prpg import report  # noqa: E402
-from prpg.params import parse_group  # noqa: E402
+from prpg.core.params import parse_group  # noqa: E402
 
 common_p = parse_group("common", common)
 FIG = "reports/figures"

@@ -33,7 +33,7 @@ import zlib
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
-from prpg.atomic import write_json_atomic
+from prpg.core.atomic import write_json_atomic
 from prpg.prompts import PROMPT_SETS, PROMPTS_PER_CATEGORY, REFERENCE_IDENTIFIER, SUBJECT, validate_prompts
 
 SET_CATEGORIES = {

@@ -20,10 +20,10 @@ import numpy as np
 import yaml
 from PIL import Image
 
-from prpg import filtering
+from prpg.filter import filtering
 from prpg.data import load_dataset, load_image
-from prpg.params import parse_group
-from prpg.paths import chdir_repo_root
+from prpg.core.params import parse_group
+from prpg.core.paths import chdir_repo_root
 
 SINGLE_OBJECT = ("in_distribution", "pose")  # the test splits without distractors
 

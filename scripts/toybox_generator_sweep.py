@@ -66,7 +66,7 @@ VARIANTS = {
 def load_config(params: Path = Path("params.yaml")):
     import yaml
 
-    from prpg.params import parse_group
+    from prpg.core.params import parse_group
 
     raw = yaml.safe_load(params.read_text())
     return parse_group("data", raw["data"]), parse_group("pretrain", raw["pretrain"])
@@ -96,7 +96,7 @@ def pack(out: Path) -> None:
     from PIL import Image
 
     from prpg.data.images import load_mask
-    from prpg.models import TOYBOX_ENCODER, load_backbone
+    from prpg.core.models import TOYBOX_ENCODER, load_backbone
     from prpg.zoo import gates
     from prpg.zoo.encoder import eval_transform
     from prpg.zoo.generator import images_to_tensor, masks_to_tensor
@@ -159,8 +159,8 @@ def run_variant(name: str, pack_path: Path, out_dir: Path, device: str, seed: in
     from PIL import Image
     from transformers import CLIPTokenizer
 
-    from prpg.configs import GeneratorConfig
-    from prpg.models import TOYBOX_ENCODER, TOYBOX_GENERATOR, load_backbone
+    from prpg.core.configs import GeneratorConfig
+    from prpg.core.models import TOYBOX_ENCODER, TOYBOX_GENERATOR, load_backbone
     from prpg.zoo import generator as G
     from prpg.zoo.encoder import embed, eval_transform
 
@@ -309,7 +309,7 @@ def main() -> None:
     a.add_argument("--limit-s", type=float, default=480)
     a.add_argument("--smoke", action="store_true")
     args = ap.parse_args()
-    from prpg.paths import chdir_repo_root
+    from prpg.core.paths import chdir_repo_root
 
     chdir_repo_root()
     if args.cmd == "pack":

@@ -25,9 +25,9 @@ from torch import nn
 
 from prpg.data import load_dataset
 from prpg.data.prepare import load_pool
-from prpg.models import TOYBOX_ENCODER, TOYBOX_GENERATOR, load_backbone, load_generator
-from prpg.params import parse_group
-from prpg.paths import chdir_repo_root
+from prpg.core.models import TOYBOX_ENCODER, TOYBOX_GENERATOR, load_backbone, load_generator
+from prpg.core.params import parse_group
+from prpg.core.paths import chdir_repo_root
 from prpg.zoo import gates
 from prpg.zoo.encoder import eval_transform
 from prpg.zoo.generator import CATEGORY_PROMPT, sample

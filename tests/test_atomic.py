@@ -2,8 +2,8 @@ import json
 
 import pytest
 
-from prpg.atomic import atomic_dir, write_json_atomic
-from prpg.paths import ensure_not_under_data
+from prpg.core.atomic import atomic_dir, write_json_atomic
+from prpg.core.paths import ensure_not_under_data
 
 
 def test_atomic_dir_replaces_only_on_success(tmp_path):

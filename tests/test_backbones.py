@@ -1,4 +1,4 @@
-"""prpg.backbones offline: tiny random ViTs of the three paper architectures (timm classes, tiny sizes)
+"""prpg.core.backbones offline: tiny random ViTs of the three paper architectures (timm classes, tiny sizes)
 saved as local timm folders and reloaded; tokens at two input sizes; the paper preprocessing per name."""
 
 from __future__ import annotations
@@ -10,8 +10,8 @@ import pytest
 import torch
 from PIL import Image
 
-from prpg import backbones
-from prpg.backbones import (
+from prpg.core import backbones
+from prpg.core.backbones import (
     CLIP_MEAN,
     CLIP_STD,
     IMAGENET_MEAN,
@@ -21,7 +21,7 @@ from prpg.backbones import (
     from_model,
     load,
 )
-from prpg.configs import EncoderConfig
+from prpg.core.configs import EncoderConfig
 from prpg.zoo.encoder import build_encoder, eval_transform
 
 torch.set_num_threads(1)
@@ -124,7 +124,7 @@ def test_load_by_paper_name_uses_the_table_and_quick_gelu_for_clip(monkeypatch):
 
     models = {src: build_tiny(name) for src, name in hub_name.items()}  # built before timm is patched
 
-    def fake_create(source, **kwargs):  # stands in for the hub download: prpg.models' code path after it
+    def fake_create(source, **kwargs):  # stands in for the hub download: prpg.core.models' code path after it
         seen.append(source)
         return models[source]
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from prpg.params import ParamsError, load_params, parse_group
+from prpg.core.params import ParamsError, load_params, parse_group
 from prpg.prompts import reference_prompt_file, stand_in_reference_prompts
 from tests.conftest import make_pods_tree
 from tests.pipeline_repo import copy_repo, run
@@ -129,7 +129,7 @@ def test_bad_params_file_names_the_file(tmp_path, text, names):
 @pytest.fixture
 def workspace(tmp_path, monkeypatch):
     """A folder holding the repo's params.yaml and a PODS-format data/pods; `prpg repro` recorded, not run."""
-    import prpg.repro
+    import prpg.runs.repro
 
     shutil.copy(ROOT / "params.yaml", tmp_path / "params.yaml")
     make_pods_tree(tmp_path / "data" / "pods")  # mug_00 (val), mug_01, shoe_00 (test)
@@ -139,7 +139,7 @@ def workspace(tmp_path, monkeypatch):
     prompts.write_text(json.dumps(stand_in_reference_prompts({"mug_00": "mug", "mug_01": "mug", "shoe_00": "shoe"})))
     monkeypatch.chdir(tmp_path)
     ran = []
-    monkeypatch.setattr(prpg.repro, "repro", lambda jobs, gpus=(): ran.append(jobs))
+    monkeypatch.setattr(prpg.runs.repro, "repro", lambda jobs, gpus=(): ran.append(jobs))
     return ran
 
 

@@ -16,7 +16,7 @@ import yaml
 from prpg.data import DatasetError, check_dataset, check_dataset_name, format_report, load_dataset
 from prpg.data.dataset import MASK_FOLDERS, SPLITS
 from prpg.data.names import RULE_TEXT, BadNameError, check_name, check_unique, contained
-from prpg.params import ParamsError, load_params, parse_group
+from prpg.core.params import ParamsError, load_params, parse_group
 from tests.conftest import make_pods_tree, write_image
 from tests.pipeline_repo import copy_repo, run
 
@@ -318,11 +318,11 @@ def test_hostile_instance_is_refused_and_quoting_holds_anyway(hostile_repo):
     for addressing, cmd in cmds.items():
         [cmd] = cmd if isinstance(cmd, list) else [cmd]
         argv = shlex.split(cmd)
-        assert argv[:3] == ["python", "-m", "prpg.notebook"], argv
+        assert argv[:3] == ["python", "-m", "prpg.core.notebook"], argv
         assert argv[-1] == WORST and argv[-2] in ("instance", "category"), argv
         assert argv[4].endswith(f"/{WORST}.ipynb"), argv
         # the real shell: the runner swapped for printf, which prints its arguments one per line
-        out = subprocess.run(["sh", "-c", cmd.replace("python -m prpg.notebook", "printf '%s\\n'", 1)],
+        out = subprocess.run(["sh", "-c", cmd.replace("python -m prpg.core.notebook", "printf '%s\\n'", 1)],
                              cwd=hostile_repo, capture_output=True, text=True, check=True).stdout
         assert out.splitlines()[-1] == WORST, (addressing, out)
     assert not [p.name for p in hostile_repo.iterdir() if p.name.startswith("PWNED")]

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from prpg.data import load_dataset
-from prpg.evaluation import EvalConfig, cached_dense_features, cached_features, evaluate_instance
+from prpg.evaluate import EvalConfig, cached_dense_features, cached_features, evaluate_instance
 from tests.conftest import make_pods_tree, write_image
 from tests.test_evaluation import one_thread, tiny_backbone  # noqa: F401 (one_thread: autouse fixture)
 
@@ -21,7 +21,7 @@ def models():
 
 
 def no_compute(monkeypatch):
-    import prpg.evaluation.features as features
+    import prpg.evaluate.features as features
 
     def fail(*a, **k):
         raise AssertionError("recomputed although cached")
@@ -81,8 +81,8 @@ def test_negatives_are_regenerated_for_other_generator_weights(tmp_path, monkeyp
     """The per-category reuse of negatives / backgrounds is keyed by the generator's weights and
     resolution, not by its name or path."""
     from prpg import synthesize as syn
-    from prpg.class_images import generator_fingerprint
-    from prpg.configs import GeneratorConfig
+    from prpg.priors import generator_fingerprint
+    from prpg.core.configs import GeneratorConfig
     from prpg.synthesize import NegativesConfig
     from prpg.zoo.generator import build_pipeline
     from prpg.zoo.tokenizer import build_clip_tokenizer

@@ -1,4 +1,4 @@
-"""prpg.cluster: a GPU per chain on one machine, and an experiment's parts as a submitit job array."""
+"""prpg.runs.cluster: a GPU per chain on one machine, and an experiment's parts as a submitit job array."""
 
 import argparse
 import functools
@@ -12,7 +12,7 @@ from pathlib import Path
 import cloudpickle
 import pytest
 
-from prpg import cluster, repro
+from prpg.runs import cluster, repro
 
 NAMES = ["data", "priors@mug", "priors@shoe", "personalize@mug_06", "personalize@shoe_06",
          "personalize@shoe_07", "evaluate@mug_06", "evaluate@shoe_06", "evaluate@shoe_07", "aggregate"]

@@ -15,9 +15,9 @@ import pytest
 import torch
 from PIL import Image
 
-from prpg import class_images as ci
-from prpg import dreambooth as db
-from prpg.configs import DreamBoothConfig, GeneratorConfig
+from prpg import priors as ci
+from prpg import personalize as db
+from prpg.core.configs import DreamBoothConfig, GeneratorConfig
 from prpg.data import load_dataset
 from tests.conftest import make_pods_tree
 
@@ -252,7 +252,7 @@ def test_gradient_checkpointing_gives_the_same_updates(base_pipe):
 
 def test_8bit_adam_falls_back_on_cpu_and_bf16_autocast_runs(pipe, caplog):
     cfg = DreamBoothConfig(steps=1, lr=1e-3, use_8bit_adam=True, mixed_precision="bf16")
-    with caplog.at_level(logging.WARNING, logger="prpg.dreambooth"):
+    with caplog.at_level(logging.WARNING, logger="prpg.personalize"):
         black = [Image.new("RGB", (32, 32))]
         res = db.train_dreambooth(pipe, black, black, "mug", cfg, seed=0)
     assert res["optimizer"] == "torch.optim.AdamW" and "bitsandbytes" in caplog.text
@@ -328,7 +328,7 @@ SHIPPED_GENERATOR = Path(__file__).resolve().parents[1] / "models/toybox/generat
 @pytest.mark.parametrize("mode,masked", [("full", False), ("lora", False), ("full", True)])
 def test_personalize_round_trip_on_the_shipped_toybox_generator(world, tmp_path, mode, masked):
     """The same round trip on the shipped toybox generator (64 px), 2 steps."""
-    from prpg.models import load_generator
+    from prpg.core.models import load_generator
 
     base = load_generator(SHIPPED_GENERATOR)
     classes = ci.generate_class_images(base, "mug", 2, tmp_path / "cls", seed=0, steps=2, batch=2)

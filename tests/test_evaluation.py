@@ -1,4 +1,4 @@
-"""prpg.evaluation against sklearn, pycocotools and hand computations on constructed cases."""
+"""prpg.evaluate against sklearn, pycocotools and hand computations on constructed cases."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from PIL import Image
 from sklearn.metrics import average_precision_score, ndcg_score
 
 from prpg.data import load_dataset
-from prpg.evaluation import (
+from prpg.evaluate import (
     TASKS,
     DenseRecord,
     EvalConfig,
@@ -34,9 +34,9 @@ from prpg.evaluation import (
     predict,
     retrieval_metrics,
 )
-from prpg.evaluation.dense import box_feature, instance_target
-from prpg.evaluation.geometry import canvas_mask, grid_to_image
-from prpg.evaluation.metrics import coco_inputs, run_cocoeval
+from prpg.evaluate.dense import box_feature, instance_target
+from prpg.evaluate.geometry import canvas_mask, grid_to_image
+from prpg.evaluate.metrics import coco_inputs, run_cocoeval
 from tests.conftest import TEST_SPLITS, make_pods_tree
 
 
@@ -48,7 +48,7 @@ def one_thread():
     torch.set_num_threads(n)
 
 
-# --- a Backbone with the prpg.backbones interface: a tiny random timm ViT -------------------------
+# --- a Backbone with the prpg.core.backbones interface: a tiny random timm ViT -------------------------
 
 
 @dataclass
@@ -281,7 +281,7 @@ def test_dense_pipeline_finds_a_known_object_and_fixed_geometry_scores_it_best(s
 def test_batched_threshold_masks_are_the_per_map_masks_exactly():
     from scipy.ndimage import gaussian_filter
 
-    from prpg.evaluation.dense import default_min_size, threshold_mask, threshold_masks
+    from prpg.evaluate.dense import default_min_size, threshold_mask, threshold_masks
 
     rng = np.random.default_rng(0)
     maps = []
@@ -337,7 +337,7 @@ def test_persam_mode_runs_with_a_tiny_random_sam():
 
 
 def test_persam_without_sam_weights_is_a_clear_error(tmp_path, monkeypatch):
-    from prpg.models import ModelNotAvailableError
+    from prpg.core.models import ModelNotAvailableError
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     root = make_pods_tree(tmp_path / "pods", n_test=1, n_dense=1)
@@ -407,7 +407,7 @@ def test_cache_gives_the_uncached_numbers_and_is_reused(pods, models, tmp_path, 
     torch.testing.assert_close(dense.features, dense_records(bb, recs, 4).features, rtol=0, atol=0)
     assert dense.sizes[0] == (32, 48)
 
-    import prpg.evaluation.features as features
+    import prpg.evaluate.features as features
 
     def fail(*a, **k):
         raise AssertionError("recomputed although cached")
@@ -430,7 +430,7 @@ def test_a_process_waiting_for_the_cache_takes_what_the_other_one_filled(pods, m
 
     from filelock import FileLock
 
-    import prpg.evaluation.features as features
+    import prpg.evaluate.features as features
 
     bb, recs = models["pretrained"], pods.images("train")
     expected = cached_features(bb, recs, tmp_path / "donor", root=pods.root)
@@ -460,7 +460,7 @@ def test_a_process_waiting_for_the_cache_takes_what_the_other_one_filled(pods, m
 
 def test_cache_key_is_the_path_relative_to_the_root_and_outside_is_an_error(tmp_path, monkeypatch):
     from prpg.data import DatasetError
-    from prpg.evaluation.features import relative_key
+    from prpg.evaluate.features import relative_key
 
     root = tmp_path / "pods"
     assert relative_key(root / "test" / "mug_06" / "0001.jpg", root) == "test/mug_06/0001.jpg"
@@ -474,7 +474,7 @@ def test_cache_key_is_the_path_relative_to_the_root_and_outside_is_an_error(tmp_
 def test_dense_cache_embeds_the_same_batches_whatever_is_cached(pods, models, tmp_path, monkeypatch):
     """A batch is embedded whole when any of it is missing, so every cached value comes from the same
     batch as in a fresh run (another process may have cached part of it: prpg repro --jobs)."""
-    import prpg.evaluation.features as features
+    import prpg.evaluate.features as features
 
     bb = models["pretrained"]
     recs = pods.dense_images()

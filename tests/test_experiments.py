@@ -1,4 +1,4 @@
-"""Named experiments (prpg.experiments) and committed results (prpg.results)."""
+"""Named experiments (prpg.runs.experiments) and committed results (prpg.runs.results)."""
 
 import json
 import shutil
@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from prpg.experiments import command, data_root_of, instances_of, resolve
-from prpg.results import method_name, save_result
+from prpg.runs.experiments import command, data_root_of, instances_of, resolve
+from prpg.runs.results import method_name, save_result
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -48,7 +48,7 @@ def test_paper_experiment_has_the_paper_settings():
 def test_instances_replace_the_run_mapping(pods_tree, tmp_path):
     import yaml
 
-    from prpg.experiments import set_instances
+    from prpg.runs.experiments import set_instances
 
     picked = instances_of(str(pods_tree), split=None, per_category=1)
     assert len(picked) == len(set(picked.values()))  # one per category
@@ -64,7 +64,7 @@ def test_instances_replace_the_run_mapping(pods_tree, tmp_path):
 
 
 def test_save_result_snapshots_the_tracked_metrics(tmp_path, monkeypatch):
-    from prpg.models import weights_fingerprint
+    from prpg.core.models import weights_fingerprint
 
     monkeypatch.chdir(ROOT)  # model paths in params.yaml are relative to the repository root
     metrics = tmp_path / "metrics"
@@ -108,8 +108,8 @@ def test_save_result_in_parts(tmp_path):
 
 
 def test_write_params_is_what_dvc_exp_run_would_set(tmp_path):
-    from prpg.experiments import write_params
-    from prpg.params import load_params
+    from prpg.runs.experiments import write_params
+    from prpg.core.params import load_params
 
     params_file = tmp_path / "params.yaml"
     shutil.copy(ROOT / "params.yaml", params_file)
@@ -125,14 +125,14 @@ def test_write_params_is_what_dvc_exp_run_would_set(tmp_path):
 
 
 def test_exp_with_jobs_runs_the_chains_side_by_side_on_the_written_params(tmp_path, monkeypatch):
-    import prpg.repro
+    import prpg.runs.repro
     from prpg.cli import main
-    from prpg.params import load_params
+    from prpg.core.params import load_params
 
     shutil.copy(ROOT / "params.yaml", tmp_path / "params.yaml")
     monkeypatch.chdir(tmp_path)
     ran = []
-    monkeypatch.setattr(prpg.repro, "repro", lambda jobs, gpus=(): ran.append((jobs, load_params("params.yaml"))))
+    monkeypatch.setattr(prpg.runs.repro, "repro", lambda jobs, gpus=(): ran.append((jobs, load_params("params.yaml"))))
     assert main(["exp", "toybox-cut_paste", "-j", "2", "-S", "train.epochs=1"]) == 0
     (jobs, p), = ran
     assert jobs == 2 and p["train"].sources == ("cut_paste",) and p["train"].epochs == 1

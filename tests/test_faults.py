@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from prpg.atomic import atomic_dir, remove_stale, write_text_atomic
+from prpg.core.atomic import atomic_dir, remove_stale, write_text_atomic
 from tests.pipeline_repo import MICRO_RUN, ROOT, copy_repo, env, run
 
 SLEEPER = '''# %% tags=["parameters"]
@@ -69,7 +69,7 @@ PARENTS = {"direct": SPAWN, "shell": [*SPAWN, "bash", "-c", '"$@" & wait', "bash
 @pytest.mark.parametrize("parent", sorted(PARENTS))
 def test_runner_and_kernel_die_with_their_parent(tmp_path, parent):
     (tmp_path / "nb.py").write_text(SLEEPER)
-    cmd = [*PARENTS[parent], sys.executable, "-m", "prpg.notebook", "nb.py", "out.ipynb"]
+    cmd = [*PARENTS[parent], sys.executable, "-m", "prpg.core.notebook", "nb.py", "out.ipynb"]
     proc = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         assert wait_for(lambda: (tmp_path / "kernel.pid").is_file(), 60), "the kernel never started"

@@ -14,9 +14,9 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from prpg.configs import EncoderConfig
+from prpg.core.configs import EncoderConfig
 from prpg.data import DatasetError, load_dataset
-from prpg.filtering import (
+from prpg.filter.filtering import (
     PAPER_FILTER,
     TOYBOX_FILTER,
     DenseLocalizer,
@@ -328,7 +328,7 @@ def test_persam_with_a_tiny_local_sam_returns_an_image_size_mask(tiny_sam, monke
 
 
 def test_missing_sam_offline_is_a_clear_error(tmp_path, monkeypatch):
-    from prpg.models import ModelNotAvailableError
+    from prpg.core.models import ModelNotAvailableError
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from prpg.experiments import (DATASETS, all_names, data_root_of, launch_problems, overrides, resolve,
+from prpg.runs.experiments import (DATASETS, all_names, data_root_of, launch_problems, overrides, resolve,
                               set_instances, single_runs)
 from prpg.prompts import reference_prompt_file, stand_in_reference_prompts
 from tests.conftest import make_pods_tree

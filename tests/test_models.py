@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from prpg.configs import EncoderConfig, GeneratorConfig
-from prpg.models import ModelNotAvailableError, load_backbone, load_generator
+from prpg.core.configs import EncoderConfig, GeneratorConfig
+from prpg.core.models import ModelNotAvailableError, load_backbone, load_generator
 from prpg.zoo.encoder import build_encoder, model_args
 from prpg.zoo.generator import build_pipeline, sample
 from prpg.zoo.tokenizer import build_clip_tokenizer
@@ -77,7 +77,7 @@ def test_missing_backbone_offline_fails_at_once(offline_hub, name, repo):
 def test_weights_fingerprint_hashes_the_safetensors_of_a_local_model(tmp_path):
     import hashlib
 
-    from prpg.models import weights_fingerprint
+    from prpg.core.models import weights_fingerprint
 
     (tmp_path / "unet").mkdir()
     (tmp_path / "unet/w.safetensors").write_bytes(b"abc")
@@ -95,7 +95,7 @@ def test_weights_fingerprint_hashes_the_safetensors_of_a_local_model(tmp_path):
 
 
 def test_a_hub_id_may_pin_a_revision():
-    from prpg.models import split_revision
+    from prpg.core.models import split_revision
 
     assert split_revision("stable-diffusion-v1-5/stable-diffusion-v1-5@39593d5") == (
         "stable-diffusion-v1-5/stable-diffusion-v1-5", "39593d5")

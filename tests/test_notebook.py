@@ -1,4 +1,4 @@
-"""prpg.notebook: the one-process jupytext + papermill stage runner."""
+"""prpg.core.notebook: the one-process jupytext + papermill stage runner."""
 
 import json
 import subprocess
@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from prpg.notebook import load_parameters, main
+from prpg.core.notebook import load_parameters, main
 
 NOTEBOOK = '''# %% tags=["parameters"]
 common = {}
@@ -22,7 +22,7 @@ Path("seen.json").write_text(json.dumps({"seed": common["seed"], "flag": common[
 def test_runs_the_notebook_with_the_params_groups_and_raw_values(tmp_path):
     (tmp_path / "nb.py").write_text(NOTEBOOK)
     (tmp_path / "params.yaml").write_text("common:\n  seed: 3\n  flag: false\nother:\n  x: [1, 2]\n")
-    subprocess.run([sys.executable, "-m", "prpg.notebook", "nb.py", "out/executed.ipynb", "-f", "params.yaml",
+    subprocess.run([sys.executable, "-m", "prpg.core.notebook", "nb.py", "out/executed.ipynb", "-f", "params.yaml",
                     "-r", "instance", "007"], cwd=tmp_path, check=True, capture_output=True)
     # YAML types survive (false stays a bool), the -r value stays a string ("007", not 7).
     assert json.loads((tmp_path / "seen.json").read_text()) == {"seed": 3, "flag": False, "instance": "007"}
@@ -35,7 +35,7 @@ def test_runs_the_notebook_with_the_params_groups_and_raw_values(tmp_path):
 def test_a_failing_cell_fails_the_run_with_one_short_message(tmp_path):
     (tmp_path / "nb.py").write_text('# %% tags=["parameters"]\nx = 1\n\n# %%\nprint("step one")\n\n# %%\n'
                                     'def load():\n    raise ValueError("boom: fix the input")\nload()\n')
-    proc = subprocess.run([sys.executable, "-m", "prpg.notebook", "nb.py", "out/done.ipynb"], cwd=tmp_path,
+    proc = subprocess.run([sys.executable, "-m", "prpg.core.notebook", "nb.py", "out/done.ipynb"], cwd=tmp_path,
                           capture_output=True, text=True)
     assert proc.returncode == 1
     # One message: the notebook and cell, the exception, where the full traceback is; no stacked tracebacks.
@@ -47,7 +47,7 @@ def test_a_failing_cell_fails_the_run_with_one_short_message(tmp_path):
     log = (tmp_path / "out/done.log").read_text()
     assert "step one" in log and "----> 3 load()" in log and "\x1b[" not in log  # streams + plain traceback
     (tmp_path / "nb.py").write_text('# %% tags=["parameters"]\nx = 1\n')
-    subprocess.run([sys.executable, "-m", "prpg.notebook", "nb.py", "out/done.ipynb"], cwd=tmp_path, check=True,
+    subprocess.run([sys.executable, "-m", "prpg.core.notebook", "nb.py", "out/done.ipynb"], cwd=tmp_path, check=True,
                    capture_output=True)
     assert not (tmp_path / "out/done.log").exists()  # a later success leaves no stale failure log
 
@@ -55,7 +55,7 @@ def test_a_failing_cell_fails_the_run_with_one_short_message(tmp_path):
 def test_a_dead_kernel_is_one_message_too(tmp_path):
     (tmp_path / "nb.py").write_text('# %% tags=["parameters"]\nx = 1\n\n# %%\nimport os, signal\n'
                                     'os.kill(os.getpid(), signal.SIGKILL)\n')
-    proc = subprocess.run([sys.executable, "-m", "prpg.notebook", "nb.py", "done.ipynb"], cwd=tmp_path,
+    proc = subprocess.run([sys.executable, "-m", "prpg.core.notebook", "nb.py", "done.ipynb"], cwd=tmp_path,
                           capture_output=True, text=True)
     assert proc.returncode == 1 and "Traceback" not in proc.stderr
     assert proc.stderr.strip().splitlines()[-2:] == [
@@ -80,7 +80,7 @@ def test_stage_stats_measure_wall_time_and_peak_memory(tmp_path):
     (tmp_path / "nb.py").write_text('# %% tags=["parameters"]\ninstance = "x"\n\n# %%\n'
                                     'big = bytearray(300 * 2**20)\n')
     env = {**os.environ, "PRPG_STAGE_STATS": str(tmp_path / "stats")}
-    subprocess.run([sys.executable, "-m", "prpg.notebook", "nb.py", "out/07_evaluate/mug_06.ipynb", "-r", "instance",
+    subprocess.run([sys.executable, "-m", "prpg.core.notebook", "nb.py", "out/07_evaluate/mug_06.ipynb", "-r", "instance",
                     "mug_06"], cwd=tmp_path, check=True, capture_output=True, env=env)
     stats = json.loads((tmp_path / "stats" / "out__07_evaluate__mug_06.json").read_text())
     assert stats["parameters_raw"] == {"instance": "mug_06"} and stats["notebook"] == "nb.py"

@@ -2,7 +2,7 @@ from pathlib import Path
 
 import pytest
 
-from prpg.params import ParamsError, load_params, parse_group
+from prpg.core.params import ParamsError, load_params, parse_group
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -38,7 +38,7 @@ def test_unknown_group_in_file(tmp_path):
 def test_device_cuda_without_cuda_is_an_error(monkeypatch):
     import torch
 
-    from prpg.params import resolve_device
+    from prpg.core.params import resolve_device
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     assert resolve_device("auto") == "cpu"
@@ -49,7 +49,7 @@ def test_device_cuda_without_cuda_is_an_error(monkeypatch):
 def test_threads_pin_torchs_cpu_threads_and_must_be_positive():
     import torch
 
-    from prpg.params import parse_group, setup_device
+    from prpg.core.params import parse_group, setup_device
 
     before = torch.get_num_threads()
     try:
@@ -64,7 +64,7 @@ def test_threads_pin_torchs_cpu_threads_and_must_be_positive():
 
 
 def test_a_local_model_folder_must_live_under_models(tmp_path, monkeypatch):
-    from prpg.params import ParamsError, parse_group
+    from prpg.core.params import ParamsError, parse_group
 
     monkeypatch.chdir(tmp_path)
     (tmp_path / "models" / "my-sd").mkdir(parents=True)

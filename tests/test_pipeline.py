@@ -117,7 +117,7 @@ def test_prpg_repro_runs_two_chains_at_once_with_the_sequential_results(repo, tm
     assert "instance 2/2 starts: priors@bottle personalize@bottle_01 synthesize@bottle_01" in out
     assert "Running stage 'report'" in out
     status = json.loads(run(["dvc", "status", "--json"], par).stdout)
-    assert set(status) <= {"pretrain_toybox", "data.dvc"}, status  # frozen zoo; data.dvc: the real data, absent
+    assert set(status) <= {"zoo", "data.dvc"}, status  # frozen zoo; data.dvc: the real data, absent
 
     def outs(root, stage):  # executed notebooks carry timings: not compared
         lock = yaml.safe_load((root / "dvc.lock").read_text())["stages"][stage]
@@ -182,8 +182,8 @@ def test_pretraining_recipe_runs_at_micro_scale(tmp_path):
     """The frozen zoo stage regenerates models/toybox from scratch (micro step counts)."""
     repo = copy_repo(tmp_path, params={"pretrain": MICRO_PRETRAIN})
     run(["dvc", "repro", "data"], repo)
-    run(["dvc", "unfreeze", "pretrain_toybox"], repo)
-    run(["dvc", "repro", "pretrain_toybox"], repo)
+    run(["dvc", "unfreeze", "zoo"], repo)
+    run(["dvc", "repro", "zoo"], repo)
     pool = json.loads((repo / "outputs/pool/toybox_pool/toybox_pool_info.json").read_text())  # built by the stage
     assert len(pool["classes"]) == 5 * MICRO_TOYBOX["pool_per_category"]
     for sub in ("encoder", "generator"):

@@ -1,5 +1,5 @@
 """evaluate.protocol "reference" vs "fixed": each reference rule re-derived here from its description
-(paper-protocol §2.0-2.3, §5.16; prpg.evaluation.protocol) on synthetic cases, and "fixed" unchanged."""
+(paper-protocol §2.0-2.3, §5.16; prpg.evaluate.protocol) on synthetic cases, and "fixed" unchanged."""
 
 from __future__ import annotations
 
@@ -8,13 +8,14 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from prpg import backbones, report
-from prpg.backbones import IMAGENET_MEAN, IMAGENET_STD, Backbone, from_model, hub_resample
-from prpg.configs import EvalConfig
-from prpg.evaluation.dense import reference_prediction, threshold_masks
-from prpg.evaluation.geometry import PadGeometry, _sampled, box_cells, box_cells_sampled
-from prpg.evaluation.metrics import DenseRecord, coco_inputs, retrieval_metrics
-from prpg.evaluation.protocol import (
+from prpg import report
+from prpg.core import backbones
+from prpg.core.backbones import IMAGENET_MEAN, IMAGENET_STD, Backbone, from_model, hub_resample
+from prpg.core.configs import EvalConfig
+from prpg.evaluate.dense import reference_prediction, threshold_masks
+from prpg.evaluate.geometry import PadGeometry, _sampled, box_cells, box_cells_sampled
+from prpg.evaluate.metrics import DenseRecord, coco_inputs, retrieval_metrics
+from prpg.evaluate.protocol import (
     dense_stats,
     fill_largest,
     global_feature,

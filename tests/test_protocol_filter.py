@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from PIL import Image
 from scipy import ndimage
 
-from prpg.filtering import (
+from prpg.filter.filtering import (
     PAPER_FILTER,
     SQUASH,
     TOYBOX_FILTER,
@@ -165,7 +165,7 @@ def test_learned_weights_reduce_the_loss_on_the_reference_mask():
 
 
 def test_reference_persam_learns_weights_then_refines_twice_with_the_best_iou_mask(tiny_sam, monkeypatch):
-    from prpg.filtering import load_sam
+    from prpg.filter.filtering import load_sam
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     torch.manual_seed(0)
@@ -285,7 +285,7 @@ def test_a_box_found_on_the_padded_grid_maps_back_to_the_right_pixels():
 def test_dense_resolution_reaches_the_backbone_input(tmp_path):
     """params -> FilterStageConfig -> build_localizer -> the backbone's input size and grid."""
     from prpg.data import load_dataset
-    from prpg.params import parse_group
+    from prpg.core.params import parse_group
     from tests.conftest import make_pods_tree
 
     view = real_views(load_dataset(make_pods_tree(tmp_path / "pods")), "mug_00")[0]
@@ -314,8 +314,8 @@ def test_paper_experiments_resolve_to_the_reference_localization():
     """Every paper experiment's filter group (params.yaml + its overrides) is PAPER_FILTER's localization."""
     import yaml
 
-    from prpg.experiments import BACKBONES, DATASETS, paper_experiment
-    from prpg.params import parse_group
+    from prpg.runs.experiments import BACKBONES, DATASETS, paper_experiment
+    from prpg.core.params import parse_group
     from tests.test_experiments import ROOT
 
     base = yaml.safe_load((ROOT / "params.yaml").read_text())["filter"]

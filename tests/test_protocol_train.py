@@ -17,9 +17,9 @@ import yaml
 
 from prpg import prompts as prompt_files
 from prpg.cli import main as cli_main
-from prpg.configs import CutPasteConfig, SynthesizeConfig, TrainConfig
+from prpg.core.configs import CutPasteConfig, SynthesizeConfig, TrainConfig
 from prpg.data.download import DownloadError
-from prpg.experiments import DATASETS, PAPER, resolve
+from prpg.runs.experiments import DATASETS, PAPER, resolve
 from prpg.prompts.download import download_prompts, reference_urls
 from prpg.synthesize import synthesis_prompts
 from tests.conftest import make_pods_tree

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from prpg.models import PAPER_BACKBONES, PAPER_GENERATOR
+from prpg.core.models import PAPER_BACKBONES, PAPER_GENERATOR
 from prpg.rehearsal import hub
 
 PROMPT = "a photo of <new1> mug"
@@ -46,7 +46,7 @@ def photo(seed, h=48, w=64):
 HUB_PROBE = _PROBE_HEAD + '''
 @probe("generator")
 def _():
-    from prpg.models import load_generator, PAPER_GENERATOR
+    from prpg.core.models import load_generator, PAPER_GENERATOR
     from prpg.zoo.generator import sample
     pipe = load_generator(PAPER_GENERATOR)
     emb, neg = pipe.encode_prompt(PROMPT, "cpu", 1, True)
@@ -59,7 +59,7 @@ def _():
 for name in ("dinov2_vitb14", "clip_vitb16", "mae_vitb16"):
     @probe(name)
     def _(name=name):
-        from prpg.models import load_backbone
+        from prpg.core.models import load_backbone
         model = load_backbone(name).eval()
         with torch.no_grad():
             pooled = model(torch.randn(2, 3, 224, 224))
@@ -71,7 +71,7 @@ for name in ("dinov2_vitb14", "clip_vitb16", "mae_vitb16"):
 
 @probe("sam")
 def _():
-    from prpg.filtering import load_sam
+    from prpg.filter.filtering import load_sam
     model, processor = load_sam("facebook/sam-vit-huge")
     inputs = processor(images=photo(0), input_points=[[[10.0, 20.0], [30.0, 5.0]]], input_labels=[[1, 1]],
                        return_tensors="pt")
@@ -88,7 +88,7 @@ print("PROBE" + json.dumps(results))
 DREAMSIM_PROBE = _PROBE_HEAD + '''
 @probe("dreamsim")
 def _():
-    from prpg.similarity import DreamSimModel, default_dreamsim_cache
+    from prpg.filter.similarity import DreamSimModel, default_dreamsim_cache
     hub_dir = torch.hub.get_dir()
     model = DreamSimModel(default_dreamsim_cache(), device="cpu", allow_download=False)  # PRPG_DREAMSIM_CACHE
     emb = model.embed([photo(0), photo(1, 30, 90), photo(2)])

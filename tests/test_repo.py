@@ -110,7 +110,7 @@ def test_stage_follows_papermill_conventions(name):
     stage = stage.get("do", stage)  # foreach stages: check the template
     cmds = stage["cmd"] if isinstance(stage["cmd"], list) else [stage["cmd"]]
     assert not any(c.startswith(("papermill ", "jupytext ")) for c in cmds), \
-        f"stage {name}: run notebooks with python -m prpg.notebook (one process)"
+        f"stage {name}: run notebooks with python -m prpg.core.notebook (one process)"
     runs = _runs(cmds)
     assert runs, f"stage {name}: no notebook run"
     deps = [str(d) for d in stage.get("deps", [])]

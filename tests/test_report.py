@@ -138,7 +138,7 @@ def test_incomplete_result_names_folder_and_file(tmp_path):
 
 def _part(folder: Path, per_instance: list[dict], p: dict, synthetic: dict) -> None:
     """A part as prpg results save writes it: 08_aggregate's evaluate.json and instances.csv (%.6f)."""
-    from prpg.summary import aggregate
+    from prpg.aggregate import aggregate
 
     folder.mkdir(parents=True)
     s = {**aggregate(per_instance, instance_split="test", n_boot=1000, seed=0), "instance_split": "test",
@@ -164,7 +164,7 @@ def _instance_results(names, rng) -> list[dict]:
 def test_a_result_saved_in_parts_is_the_result_over_all_their_instances(tmp_path):
     import numpy as np
 
-    from prpg.summary import aggregate
+    from prpg.aggregate import aggregate
 
     everyone = _instance_results([f"{c}_{i:02d}" for i in (6, 7) for c in ("mug", "shoe", "tote")],
                                  np.random.default_rng(0))
@@ -294,7 +294,7 @@ def test_method_table(results):
 
 
 def test_gain_table_pairs_each_instances_models(results):
-    from prpg.summary import bootstrap_ci
+    from prpg.aggregate import bootstrap_ci
 
     t = report.gain_table(results)
     assert t.loc["pods-db", "Cls gain"] == pytest.approx(15.0) and t.loc["pods-db", "Cls gain ±"] == pytest.approx(0)

@@ -4,15 +4,15 @@ import subprocess
 
 import pytest
 
-from prpg import repro
+from prpg.runs import repro
 
-NAMES = ["data", "pretrain_toybox", "priors@mug", "priors@shoe", "personalize@mug_06", "personalize@shoe_06",
+NAMES = ["data", "zoo", "priors@mug", "priors@shoe", "personalize@mug_06", "personalize@shoe_06",
          "evaluate@mug_06", "evaluate@shoe_06", "aggregate", "report"]
 
 
 def test_plan_a_category_with_one_instance_leads_its_chain_in_dvc_yaml_order():
     p = repro.plan(NAMES, ["mug", "shoe"], {"mug_06": "mug", "shoe_06": "shoe"})
-    assert p.head == ("data", "pretrain_toybox")
+    assert p.head == ("data", "zoo")
     assert p.shared == ()
     assert p.chains == (("priors@mug", "personalize@mug_06", "evaluate@mug_06"),
                         ("priors@shoe", "personalize@shoe_06", "evaluate@shoe_06"))
@@ -53,7 +53,7 @@ def test_jobs_must_be_positive():
 
 
 def test_a_bad_run_group_fails_before_any_dvc_call_naming_the_key(tmp_path, monkeypatch):
-    from prpg.params import ParamsError
+    from prpg.core.params import ParamsError
 
     monkeypatch.setattr(repro.subprocess, "run", lambda *a, **k: pytest.fail("dvc called"))
     (tmp_path / "params.yaml").write_text("run:\n  categories: [mug]\n  instances:\n    shoe_06: shoe\n")

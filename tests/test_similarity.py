@@ -13,9 +13,9 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from prpg.configs import EncoderConfig
-from prpg.models import ModelNotAvailableError
-from prpg.similarity import (
+from prpg.core.configs import EncoderConfig
+from prpg.core.models import ModelNotAvailableError
+from prpg.filter.similarity import (
     BackboneModel,
     DreamSimModel,
     backbone_transform,
@@ -176,7 +176,7 @@ def test_dreamsim_embedding_is_the_reference_preprocessing(dreamsim_cache, no_ne
 def test_filter_stage_with_dreamsim(tmp_path, dreamsim_cache, no_network):
     """build_similarity's DreamSim branch inside the stage (single-branch type for speed)."""
     from prpg.data import load_dataset
-    from prpg.filtering import FilterConfig, filter_instance
+    from prpg.filter.filtering import FilterConfig, filter_instance
     from tests.conftest import make_pods_tree
 
     ds = load_dataset(make_pods_tree(tmp_path / "pods"))

@@ -17,7 +17,7 @@ from PIL import Image
 
 from prpg import prompts as pf
 from prpg import synthesize as syn
-from prpg.configs import GeneratorConfig
+from prpg.core.configs import GeneratorConfig
 from prpg.data import load_dataset
 from prpg.synthesize import CutPasteConfig, Cutout, NegativesConfig, SynthesizeConfig
 

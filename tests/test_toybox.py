@@ -374,7 +374,7 @@ def test_full_default_world_builds_within_a_minute(tmp_path):
 def test_pool_is_built_from_params_and_checked_against_them(tmp_path):
     from prpg.data import DatasetError
     from prpg.data.prepare import load_pool, prepare_pool
-    from prpg.params import parse_group
+    from prpg.core.params import parse_group
 
     common = parse_group("common", {"seed": 0})
     data = parse_group("data", {"toybox": {**TINY, "instances_per_category": 2, "pool_per_category": 2}})

@@ -15,9 +15,9 @@ import pytest
 import torch
 from PIL import Image
 
-from prpg.backbones import embed_images, from_model, vit
-from prpg.configs import TrainConfig
-from prpg.contrastive import (
+from prpg.core.backbones import embed_images, from_model, vit
+from prpg.core.configs import TrainConfig
+from prpg.train.contrastive import (
     PAPER_TRAIN,
     TOYBOX_TRAIN,
     add_lora,
@@ -31,7 +31,7 @@ from prpg.contrastive import (
     train,
     triplet_accuracy,
 )
-from prpg.triplets import (
+from prpg.train.triplets import (
     COLUMNS,
     REAL_SOURCE,
     Triplet,
@@ -413,8 +413,8 @@ def test_toybox_training_increases_the_instance_separation(toybox_world, tmp_pat
     views (standing in for good synthetic positives), negatives its category mates' train images.
     Separation (mean cosine of its train images to its held-out test views minus to its mates' test
     images) must grow by a clear margin."""
-    from prpg import backbones
-    from prpg.contrastive import load_personalized, train
+    from prpg.core import backbones
+    from prpg.train.contrastive import load_personalized, train
     from prpg.data import load_dataset
 
     torch.set_num_threads(2)

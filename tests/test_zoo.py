@@ -9,7 +9,7 @@ import pytest
 import torch
 from sklearn.metrics import average_precision_score
 
-from prpg.configs import DreamBoothConfig, EncoderConfig, GeneratorConfig
+from prpg.core.configs import DreamBoothConfig, EncoderConfig, GeneratorConfig
 from prpg.zoo import gates
 from prpg.zoo.tokenizer import build_clip_tokenizer
 
@@ -114,7 +114,7 @@ def test_encoder_views_and_augmentation_keep_the_object_under_its_mask():
 def test_micro_pretraining_saves_loadable_models(tmp_path):
     from PIL import Image
 
-    from prpg.models import load_backbone, load_generator
+    from prpg.core.models import load_backbone, load_generator
     from prpg.zoo.encoder import embed, eval_transform, pretrain_encoder
     from prpg.zoo.generator import pretrain_generator
 
@@ -149,7 +149,7 @@ def test_micro_pretraining_saves_loadable_models(tmp_path):
 def test_dreambooth_trains_unet_and_text_encoder_only(tmp_path):
     from PIL import Image
 
-    from prpg.dreambooth import dreambooth
+    from prpg.personalize import dreambooth
     from prpg.zoo.generator import build_pipeline
 
     torch.manual_seed(0)
@@ -167,7 +167,7 @@ def test_dreambooth_trains_unet_and_text_encoder_only(tmp_path):
 @pytest.mark.skipif(not (SHIPPED / "encoder/card.json").is_file(), reason="models/toybox not built yet")
 def test_shipped_models_load_offline_with_the_right_shapes(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    from prpg.models import TOYBOX_GENERATOR, load_backbone, load_generator
+    from prpg.core.models import TOYBOX_GENERATOR, load_backbone, load_generator
     from prpg.zoo.generator import sample
 
     monkeypatch.chdir(ROOT)
@@ -402,7 +402,7 @@ def test_shipped_encoder_probe_reproduces_its_card():
     the default toybox world; the gate (>= 0.90) itself is checked in the next test."""
     from prpg.data import load_dataset
     from prpg.data.images import load_mask, mask_to_box
-    from prpg.models import load_backbone
+    from prpg.core.models import load_backbone
     from prpg.zoo.encoder import eval_transform
 
     pool_root, world_root = ROOT / "outputs/pool/toybox_pool", ROOT / "outputs/data/toybox"

@@ -8,10 +8,10 @@ import sys
 import time
 from pathlib import Path
 
-from prpg.cluster import add_cluster_parser, add_gpu_arguments
+from prpg.runs.cluster import add_cluster_parser, add_gpu_arguments
 from prpg.data.download import DownloadError
 from prpg.rehearsal.rehearse import RehearsalError
-from prpg.repro import ReproError
+from prpg.runs.repro import ReproError
 
 
 def _build_toybox(args: argparse.Namespace) -> int:
@@ -32,7 +32,7 @@ def _build_toybox(args: argparse.Namespace) -> int:
 
 def _build_pool(args: argparse.Namespace) -> int:
     from prpg.data.prepare import prepare_pool
-    from prpg.params import load_params
+    from prpg.core.params import load_params
 
     params = load_params(args.params)
     if params["common"].dataset != "toybox":
@@ -78,7 +78,7 @@ def _download_prompts(dest: Path | None) -> int:
 def _params(args: argparse.Namespace) -> int:
     from pydantic import TypeAdapter
 
-    from prpg.params import GROUPS, load_params
+    from prpg.core.params import GROUPS, load_params
 
     for name, group in load_params(args.file).items():
         print(f"{name}: {TypeAdapter(GROUPS[name]).dump_python(group)}")
@@ -86,7 +86,7 @@ def _params(args: argparse.Namespace) -> int:
 
 
 def _save_result(args: argparse.Namespace) -> int:
-    from prpg.results import save_result
+    from prpg.runs.results import save_result
 
     print(f"saved {save_result(args.name, args.description, args.headline, part=args.part)}")
     return 0
@@ -96,7 +96,7 @@ def _check_instances(instances: dict[str, str], data_root: str, source: str) -> 
     """run.instances against the dataset at data_root, when it is on disk (else the data stage builds or
     checks it first): each instance must be in it, under the category it has there."""
     from prpg.data import DatasetError, load_dataset
-    from prpg.params import ParamsError
+    from prpg.core.params import ParamsError
 
     if not instances or not Path(data_root).is_dir():
         return
@@ -119,7 +119,7 @@ def _check_instances(instances: dict[str, str], data_root: str, source: str) -> 
 def _check_params(params_file: Path, source: str, root: Path = Path(".")) -> None:
     """What `dvc repro` will read, before DVC starts: every params group, and run.instances against the
     dataset on disk."""
-    from prpg.params import load_params
+    from prpg.core.params import load_params
 
     params = load_params(params_file, source=source, root=root)
     _check_instances(params["run"].instances, params["common"].data_root, source)
@@ -149,8 +149,8 @@ def _check_exp_params(name: str, instances: dict[str, str] | None, extra: list[s
     import shutil
     import tempfile
 
-    from prpg.experiments import overrides, set_instances, single_runs
-    from prpg.params import ParamsError
+    from prpg.runs.experiments import overrides, set_instances, single_runs
+    from prpg.core.params import ParamsError
 
     if not Path("params.yaml").is_file():
         raise ParamsError("params.yaml: not found; run prpg exp from the repository root")
@@ -175,8 +175,8 @@ def _check_jobs(jobs: int | None, gpus: tuple[str, ...]) -> None:
 def _exp(args: argparse.Namespace) -> int:
     import subprocess
 
-    from prpg.cluster import gpu_options
-    from prpg.experiments import command, data_root_of, instances_of, resolve, set_instances, shell, write_params
+    from prpg.runs.cluster import gpu_options
+    from prpg.runs.experiments import command, data_root_of, instances_of, resolve, set_instances, shell, write_params
 
     resolve(args.name)  # an unknown name fails first, listing the known parts
     args.jobs, gpus = gpu_options(args.jobs, args.gpus, default_jobs=None)
@@ -208,7 +208,7 @@ def _exp(args: argparse.Namespace) -> int:
                 set_instances("params.yaml", instances)
         print(shell(cmd))
         return 0 if args.dry else subprocess.call(cmd)
-    from prpg.repro import repro
+    from prpg.runs.repro import repro
 
     values = write_params(args.name, "params.yaml", instances, args.set)
     print(f"params.yaml: {shell(values)}")
@@ -220,8 +220,8 @@ def _exp(args: argparse.Namespace) -> int:
 
 
 def _repro(args: argparse.Namespace) -> int:
-    from prpg.cluster import gpu_options
-    from prpg.repro import repro
+    from prpg.runs.cluster import gpu_options
+    from prpg.runs.repro import repro
 
     jobs, gpus = gpu_options(args.jobs, args.gpus, default_jobs=3)
     _check_jobs(jobs, gpus)
@@ -278,7 +278,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    "run in parts (the report merges them)")
     rs.set_defaults(func=_save_result)
 
-    e = sub.add_parser("exp", help="run a named experiment (one `dvc exp run`; see prpg.experiments)")
+    e = sub.add_parser("exp", help="run a named experiment (one `dvc exp run`; see prpg.runs.experiments)")
     e.add_argument("name", help="toybox-<method> | toybox-sweep-cfg | <dataset>-<backbone>[-<method>] | ...-sweep-<name>")
     e.add_argument("--queue", action="store_true", help="queue it (dvc queue start -j N runs the queue)")
     e.add_argument("--dry", action="store_true", help="print the command only")
@@ -296,7 +296,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_gpu_arguments(e)
     e.set_defaults(func=_exp)
 
-    rp = sub.add_parser("repro", help="dvc repro with independent stages side by side (see prpg.repro)")
+    rp = sub.add_parser("repro", help="dvc repro with independent stages side by side (see prpg.runs.repro)")
     rp.add_argument("-j", "--jobs", type=int, default=None,
                     help="stage groups (instance chains) at once: default 3 (measured on 2 cores, Makefile), "
                          "or one per GPU with --gpus")

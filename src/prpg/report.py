@@ -4,7 +4,7 @@ always regenerate them.
 Inputs
     reports/metrics/{evaluate.json, instances.csv, train_log.csv}   the current run (08_aggregate)
     reports/results/<name>/{evaluate.json, instances.csv, params.json, [train_log.csv]}
-                                                                    committed experiments (prpg.results)
+                                                                    committed experiments (prpg.runs.results)
     reports/results/<name>/parts/<part>/{the same}                  one experiment saved in parts
                                                                     (merge_parts: one result)
 
@@ -32,8 +32,8 @@ import pandas as pd
 import seaborn as sns
 from matplotlib.figure import Figure
 
-from prpg.atomic import write_bytes_atomic, write_text_atomic
-from prpg.summary import aggregate, bootstrap_ci
+from prpg.core.atomic import write_bytes_atomic, write_text_atomic
+from prpg.aggregate import aggregate, bootstrap_ci
 
 RESULTS_DIR = Path("reports/results")
 METRICS_DIR = Path("reports/metrics")
@@ -173,7 +173,7 @@ def load_result(folder: str | Path) -> Result:
 
 
 def _per_instance(instances: pd.DataFrame) -> list[dict]:
-    """instances.csv rows back to the per-instance results prpg.summary.aggregate takes."""
+    """instances.csv rows back to the per-instance results prpg.aggregate.aggregate takes."""
     out = []
     for (name, category, split), rows in instances.groupby(["instance", "category", "instance_split"], sort=False):
         tables: dict = {}
@@ -188,7 +188,7 @@ def merge_parts(parts: Sequence[Result], name: str, folders: Sequence[Path] | No
                 seed: int = 0) -> Result:
     """One result from the parts of an experiment run on disjoint instance sets: the per-instance
     metrics and training logs concatenated, the summary recomputed over all instances by
-    prpg.summary.aggregate (means, bootstrap CI with `seed`, as the aggregate stage with the default
+    prpg.aggregate.aggregate (means, bootstrap CI with `seed`, as the aggregate stage with the default
     common.seed) from instances.csv, whose values are rounded to 6 decimals. The parts must agree on
     every params.json key but `instances`."""
     folders = list(folders or [Path(p.name) for p in parts])
@@ -489,7 +489,7 @@ def gain_table(results: Iterable[Result], tasks: Sequence[str] = HEADLINE_TASKS,
                seed: int = 0) -> pd.DataFrame:
     """Paired gains: per result and task, the mean over instances of personalized - pretrained (x100,
     from instances.csv, over the instances its summary averages), the half-width of its 95 % bootstrap
-    CI (prpg.summary.bootstrap_ci over the instances' gains) and how many instances gained.
+    CI (prpg.aggregate.bootstrap_ci over the instances' gains) and how many instances gained.
     Both models are scored on the same instances, so this tells a consistent small gain from noise
     where the two means' own CIs overlap."""
 

@@ -37,10 +37,10 @@ from pydantic.dataclasses import dataclass
 from tqdm.auto import tqdm
 
 from prpg import prompts as prompt_files
-from prpg.atomic import atomic_dir
+from prpg.core.atomic import atomic_dir
 from prpg.data.names import contained
-from prpg.configs import CutPasteConfig, NEGATIVE_PROMPT, NegativesConfig, Scheduler, SynthesizeConfig  # noqa: F401 (re-exported)
-from prpg.paths import ensure_not_under_data
+from prpg.core.configs import CutPasteConfig, NEGATIVE_PROMPT, NegativesConfig, Scheduler, SynthesizeConfig  # noqa: F401 (re-exported)
+from prpg.core.paths import ensure_not_under_data
 
 VANILLA_PROMPT = "photo of a {identifier} {category}"  # the reference's generation prompt
 PROMPTS_CSV = "prompts.csv"
@@ -193,7 +193,7 @@ def _shared(pipe, kind: str, category: str, prompts: list[str], folder: Path, se
     """Generate once per category; a later instance of the category reuses the folder as is, when it
     was made with this record: every setting, and the generator's weights (a fingerprint, as the class
     images are keyed), not only its name, which a fine-tuned or regenerated model keeps."""
-    from prpg.class_images import generator_fingerprint  # here: this module stays torch-free at import
+    from prpg.priors import generator_fingerprint  # here: this module stays torch-free at import
 
     record = {"kind": kind, "category": category, "seed": seed, "prompts": prompts,
               "generator": str(getattr(pipe, "name_or_path", None) or ""),

@@ -10,14 +10,14 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from prpg.atomic import write_text_atomic
+from prpg.core.atomic import write_text_atomic
 from prpg.data.check import check_dataset, format_report
 from prpg.data.dataset import Dataset, DatasetError, check_dataset_name, load_dataset
-from prpg.params import CommonParams, DataParams
-from prpg.paths import ensure_not_under_data
+from prpg.core.params import CommonParams, DataParams
+from prpg.core.paths import ensure_not_under_data
 
 DATA_OUT = Path("outputs/data")  # the data stage's DVC out; the toybox evaluation world lives inside
-# The toybox pretraining pool: scratch of the frozen pretrain_toybox stage, which rebuilds it first
+# The toybox pretraining pool: scratch of the frozen zoo stage, which rebuilds it first
 # thing. Not a DVC out on purpose: a frozen stage whose cached out is missing (any fresh clone) makes
 # `dvc repro` fail, and the pool (~14k images) is only needed to retrain the shipped zoo.
 POOL_OUT = Path("outputs/pool")
@@ -83,7 +83,7 @@ def load_pool(data: DataParams, out: Path = POOL_OUT) -> Dataset:
     from prpg.toybox import POOL_NAME
 
     root = out / POOL_NAME
-    fix = "build it with `prpg data build-pool` (the pretrain_toybox stage does this first)"
+    fix = "build it with `prpg data build-pool` (the zoo stage does this first)"
     if not root.is_dir():
         raise DatasetError(f"{root}: no toybox pool; {fix}")
     pool = load_dataset(root)

@@ -10,8 +10,8 @@ shrunk) but random weights. The files are written under the paper's own hub ids 
 - `build_dreamsim(cache_dir)` writes DreamSim's cache folder (its checkpoints, the DINO torch.hub
   repo folder, the LoRA adapter).
 
-So the UNCHANGED loading code (`prpg.models.load_generator`, `load_backbone`,
-`prpg.filtering.load_sam`, `prpg.similarity.DreamSimModel`) finds them with `HF_HUB_OFFLINE=1`;
+So the UNCHANGED loading code (`prpg.core.models.load_generator`, `load_backbone`,
+`prpg.filter.filtering.load_sam`, `prpg.filter.similarity.DreamSimModel`) finds them with `HF_HUB_OFFLINE=1`;
 `offline_env()` gives the environment variables. Nothing here is a trained model: results of a
 rehearsal say whether the pipeline runs, at what cost, never how well.
 
@@ -35,9 +35,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from prpg.atomic import atomic_dir
-from prpg.configs import FilterConfig
-from prpg.models import PAPER_BACKBONES, PAPER_GENERATOR
+from prpg.core.atomic import atomic_dir
+from prpg.core.configs import FilterConfig
+from prpg.core.models import PAPER_BACKBONES, PAPER_GENERATOR
 
 SHAPES = ("mini", "paper")
 # Bump when the written files change, so existing rehearsal folders are rebuilt instead of reused.

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import yaml
 
-from prpg.experiments import command, resolve, set_instances, shell
+from prpg.runs.experiments import command, resolve, set_instances, shell
 
 SHAPES = ("mini", "paper")
 DEVICES = ("cpu", "cuda", "auto")
@@ -231,7 +231,7 @@ def flat_params(params_file: Path, root: Path | None = None) -> dict[str, object
     files, model folders) are looked up under root (default: params_file's folder)."""
     from pydantic import TypeAdapter
 
-    from prpg.params import GROUPS, load_params
+    from prpg.core.params import GROUPS, load_params
 
     out: dict[str, object] = {}
 
@@ -353,7 +353,7 @@ def flat_params_after(copy: Path, name: str) -> dict[str, object]:
     """The experiment's full counts: params.yaml with only the experiment's own overrides applied."""
     from dvc.utils.hydra import apply_overrides
 
-    from prpg.experiments import overrides
+    from prpg.runs.experiments import overrides
 
     with tempfile.TemporaryDirectory() as tmp:
         params = Path(tmp) / "params.yaml"
@@ -525,7 +525,7 @@ def markdown(r: Rehearsal) -> str:
 
 
 def write_report(r: Rehearsal, report_dir: Path) -> None:
-    from prpg.atomic import write_json_atomic
+    from prpg.core.atomic import write_json_atomic
 
     report_dir.mkdir(parents=True, exist_ok=True)
     write_json_atomic(report_dir / f"{report_stem(r)}.json", asdict(r))

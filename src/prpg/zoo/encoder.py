@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from prpg.configs import EncoderConfig
+from prpg.core.configs import EncoderConfig
 from prpg.data.images import mask_to_box
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)

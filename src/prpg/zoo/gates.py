@@ -79,7 +79,7 @@ def instance_margin(features: torch.Tensor, own: torch.Tensor, mates: torch.Tens
 def dreambooth_smoke(pipe, encoder, transform, ds: Dataset, instance: str, cfg, seed: int, n_samples: int = 16,
                      n_class_images: int = 32, steps: int = 50, guidance: float = 5.0) -> dict:
     """Before/after DreamBooth margin for one instance (the generator itself is not modified)."""
-    from prpg.dreambooth import CLASS_PROMPT, INSTANCE_PROMPT, dreambooth
+    from prpg.personalize import CLASS_PROMPT, INSTANCE_PROMPT, dreambooth
 
     inst = ds.instance(instance)
     mates = [i.name for i in ds.instances_in(category=inst.category) if i.name != instance]

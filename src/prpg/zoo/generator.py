@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from prpg.configs import GeneratorConfig
+from prpg.core.configs import GeneratorConfig
 
 CATEGORY_PROMPT = "a photo of a {category}"
 

@@ -19,8 +19,8 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from prpg.atomic import atomic_dir, write_json_atomic
-from prpg.params import load_params
+from prpg.core.atomic import atomic_dir, write_json_atomic
+from prpg.core.params import load_params
 
 METRICS_DIR = Path("reports/metrics")
 RESULTS_DIR = Path("reports/results")
@@ -37,7 +37,7 @@ def method_name(sources: tuple[str, ...], masked: bool) -> str:
 
 def run_params(params_file: str | Path = "params.yaml") -> dict:
     """The facts of the run that the report groups by, read from the validated params."""
-    from prpg.models import weights_fingerprint
+    from prpg.core.models import weights_fingerprint
 
     p = load_params(params_file)
     return {

@@ -17,7 +17,7 @@ a write lock on their outs, which the other chains are reading). Each stage stil
 changed, and gives the same outputs as under a plain `dvc repro`: it is seeded, and common.threads
 pins torch's threads, so running beside another stage changes its speed, not its numbers.
 
-With `gpus` (ids, as `prpg repro --gpus` gives them: prpg.cluster), each group's `dvc repro -s` gets
+With `gpus` (ids, as `prpg repro --gpus` gives them: prpg.runs.cluster), each group's `dvc repro -s` gets
 CUDA_VISIBLE_DEVICES=<one id> from a pool: a group takes a free id and returns it when it ends, so no
 two running groups share a GPU; steps 1 and 4 get the first id.
 """
@@ -35,7 +35,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-from prpg.params import load_params
+from prpg.core.params import load_params
 
 DVC = ("dvc", "--wait-for-lock", "repro")
 

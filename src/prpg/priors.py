@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from prpg.atomic import atomic_dir, write_json_atomic
+from prpg.core.atomic import atomic_dir, write_json_atomic
 from prpg.zoo.generator import sample
 
 CLASS_PROMPT = "A photo of {category}"  # the reference's class prompt (no article)

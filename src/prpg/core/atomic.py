@@ -83,7 +83,7 @@ def write_bytes_atomic(path: Path, data: bytes) -> Path:
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
-        os.chmod(tmp, 0o644)  # mkstemp makes it 0600; a result file is as readable as any other
+        os.chmod(tmp, 0o644)  # mkstemp makes it 0600; a result file is as any other
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -38,7 +38,7 @@ PAPER = {
     # The reference trains in fp32 (Lightning's default precision); bf16 autocast is our speed option.
     "train.bf16": False,
     "evaluate.dense_grid": 64,
-    # the reference's evaluation rules (prpg.evaluation.protocol), its box placement and threshold mode
+    # the reference's evaluation rules (prpg.evaluate.protocol), its box placement and threshold mode
     "evaluate.protocol": "reference", "evaluate.box_geometry": "reference", "evaluate.dense_mode": "threshold",
 }
 
@@ -143,7 +143,7 @@ def launch_problems(repo_root: str | Path) -> list[str]:
     dependency is either on disk or an output of another stage. [] when it would launch."""
     from dvc.repo import Repo
 
-    from prpg.params import ParamsError, load_params
+    from prpg.core.params import ParamsError, load_params
 
     root = Path(repo_root).resolve()
     try:
@@ -175,7 +175,7 @@ def instances_of(data_root: str, split: str | None = "test", per_category: int |
                  offset: int = 0) -> dict[str, str]:
     """name -> category of a dataset's instances (its `class_to_split` split): of each category, at most
     per_category of them, from its offset-th on (in name order), e.g. offset k, per_category 1 picks the
-    k-th instance of every category: one part of an experiment run in parts (prpg.results)."""
+    k-th instance of every category: one part of an experiment run in parts (prpg.runs.results)."""
     from prpg.data import load_dataset
 
     ds = load_dataset(data_root)
@@ -195,7 +195,7 @@ def data_root_of(name: str, params_file: str | Path = "params.yaml") -> str:
     settings = resolve(name)
     if "common.data_root" in settings:
         return str(settings["common.data_root"])
-    from prpg.params import load_params
+    from prpg.core.params import load_params
 
     return load_params(params_file)["common"].data_root
 

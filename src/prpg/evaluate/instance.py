@@ -23,12 +23,12 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
-from prpg.configs import EvalConfig
+from prpg.core.configs import EvalConfig
 from prpg.data import TEST_SPLITS, Dataset, DatasetError, ImageRecord
-from prpg.evaluation.dense import dense_predictions
-from prpg.evaluation.features import cached_features
-from prpg.evaluation.protocol import global_feature
-from prpg.evaluation.metrics import (
+from prpg.evaluate.dense import dense_predictions
+from prpg.evaluate.features import cached_features
+from prpg.evaluate.protocol import global_feature
+from prpg.evaluate.metrics import (
     DenseRecord,
     classification_ap,
     coco_metrics,
@@ -37,7 +37,7 @@ from prpg.evaluation.metrics import (
 )
 
 if TYPE_CHECKING:
-    from prpg.backbones import Backbone
+    from prpg.core.backbones import Backbone
 
 GLOBAL_TASKS = ("classification", "retrieval", "retrieval_ndcg", "retrieval_mrr", "retrieval_top10")
 DENSE_TASKS = tuple(f"{t}{m}" for t in ("detection", "segmentation") for m in ("", "_ap50", "_f1", "_f1_50"))

@@ -4,15 +4,15 @@
 - retrieval: the instance's test images query all train images (mAP, NDCG, MRR, top-k)
 - detection / segmentation: one box and mask per dense image from patch similarity, COCO AP and F1
 
-evaluate_instance returns one instance's metrics for several models; aggregate (prpg.summary)
+evaluate_instance returns one instance's metrics for several models; aggregate (prpg.aggregate)
 averages instances.
 Defaults follow the paper except where a reference bug is fixed behind an option: box_geometry
 (weak point 16) and eval_feature (weak point 10, the paper's "cls" stays the default).
 """
 
-from prpg.configs import EvalConfig
-from prpg.evaluation.dense import dense_predictions, predict, threshold_mask
-from prpg.evaluation.features import (
+from prpg.core.configs import EvalConfig
+from prpg.evaluate.dense import dense_predictions, predict, threshold_mask
+from prpg.evaluate.features import (
     DenseFeatures,
     cached_dense_features,
     cached_features,
@@ -20,15 +20,15 @@ from prpg.evaluation.features import (
     embed_records,
     fingerprint,
 )
-from prpg.evaluation.geometry import PadGeometry, box_cells, box_on_grid
-from prpg.evaluation.instance import TASKS, evaluate_instance, global_metrics, task_names
-from prpg.evaluation.metrics import (
+from prpg.evaluate.geometry import PadGeometry, box_cells, box_on_grid
+from prpg.evaluate.instance import TASKS, evaluate_instance, global_metrics, task_names
+from prpg.evaluate.metrics import (
     DenseRecord,
     classification_ap,
     coco_metrics,
     retrieval_metrics,
 )
-from prpg.summary import aggregate, bootstrap_ci  # torch-free, so the report can use them alone
+from prpg.aggregate import aggregate, bootstrap_ci  # torch-free, so the report can use them alone
 
 # The paper's dense geometry: a 64x64 patch grid (896 px for /14 models, 1024 px for /16).
 PAPER_EVAL = EvalConfig(dense_grid=64)

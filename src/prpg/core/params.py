@@ -15,7 +15,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator, model_validator
 from pydantic.dataclasses import dataclass
 
-from prpg.configs import (
+from prpg.core.configs import (
     CutPasteConfig,
     DreamBoothConfig,
     EncoderConfig,

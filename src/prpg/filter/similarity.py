@@ -3,7 +3,7 @@
 - `DreamSimModel`: the paper's filter model (DreamSim ensemble, reference generate_data.py). DreamSim
   keeps its weights in a cache folder; we always pass that folder and the device explicitly (never
   its default `./models`) and never download behind the user's back when offline.
-- `BackboneModel`: the CLS embedding of any timm ViT loaded by `prpg.models.load_backbone`. Filtering
+- `BackboneModel`: the CLS embedding of any timm ViT loaded by `prpg.core.models.load_backbone`. Filtering
   on toybox uses the toybox encoder (DreamSim's ViT-B ensemble knows nothing of 64 px toy objects).
 
 Cosine similarity of two embeddings is their dot product.
@@ -20,9 +20,9 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from prpg.models import ModelNotAvailableError, hub_offline
+from prpg.core.models import ModelNotAvailableError, hub_offline
 
-from prpg.configs import DreamSimType  # noqa: E402,F401
+from prpg.core.configs import DreamSimType  # noqa: E402,F401
 Resize = Literal["squash", "eval"]
 DREAMSIM_SIZE = 224  # DreamSim's img_size; resize (squash) bicubic, no mean/std (it normalises inside)
 
@@ -81,7 +81,7 @@ def _dreamsim_missing_error(cache_dir: Path, dreamsim_type: str, missing: list[s
     return ModelNotAvailableError(
         f"DreamSim ({dreamsim_type}) weights are not in cache_dir {cache_dir} "
         f"(missing: {', '.join(missing)}) and {cause}. On a machine with internet run "
-        f"`python -c \"from prpg.similarity import download_dreamsim; "
+        f"`python -c \"from prpg.filter.similarity import download_dreamsim; "
         f"download_dreamsim('{cache_dir}', '{dreamsim_type}')\"` and copy that folder here "
         "(or point PRPG_DREAMSIM_CACHE / the filter's cache_dir at a copy)."
     )
@@ -110,7 +110,7 @@ def download_dreamsim(cache_dir: str | Path | None = None, dreamsim_type: str = 
     missing = missing_dreamsim_files(cache_dir, dreamsim_type)
     if missing:
         raise RuntimeError(f"DreamSim loaded but {cache_dir} lacks {', '.join(missing)}; "
-                           "has DreamSim's file layout changed? Update prpg.similarity._BACKBONE_FILES")
+                           "has DreamSim's file layout changed? Update prpg.filter.similarity._BACKBONE_FILES")
     return cache_dir
 
 
@@ -185,7 +185,7 @@ class BackboneModel:
 
     @classmethod
     def load(cls, name_or_path: str | Path, device: str = "cpu", resize: Resize = "squash"):
-        from prpg.models import load_backbone
+        from prpg.core.models import load_backbone
 
         return cls(load_backbone(name_or_path), device=device, resize=resize)
 

@@ -1,6 +1,6 @@
 """Detection and segmentation by similarity to the instance (protocol §2.3), one prediction per image.
 
-target = (max + mean) / 2 of the patch features under the first train image's mask (prpg.filtering's
+target = (max + mean) / 2 of the patch features under the first train image's mask (prpg.filter.filtering's
 `target_feature`, the mask mapped through the canvas geometry; a patch is under the mask when the mask
 covers half of it) -> cosine map -> back to the original image (geometry.grid_to_image) -> min-max ->
 Otsu -> remove_small_objects, binary closing, dilation then erosion with disk(1) -> largest connected
@@ -25,10 +25,10 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from prpg.configs import EvalConfig
+from prpg.core.configs import EvalConfig
 from prpg.data import Dataset, DatasetError, load_image, load_mask, mask_to_box
-from prpg.evaluation.features import cached_dense_features, relative_key
-from prpg.evaluation.geometry import (
+from prpg.evaluate.features import cached_dense_features, relative_key
+from prpg.evaluate.geometry import (
     Box,
     BoxGeometry,
     PadGeometry,
@@ -37,12 +37,12 @@ from prpg.evaluation.geometry import (
     canvas_mask,
     grid_to_image,
 )
-from prpg.evaluation.metrics import DenseRecord
-from prpg.evaluation.protocol import fill_largest, is_reference, mean_target, reference_box, target_pooling
-from prpg.filtering import PerSamLocalizer, largest_component, real_views, target_feature
+from prpg.evaluate.metrics import DenseRecord
+from prpg.evaluate.protocol import fill_largest, is_reference, mean_target, reference_box, target_pooling
+from prpg.filter.filtering import PerSamLocalizer, largest_component, real_views, target_feature
 
 if TYPE_CHECKING:
-    from prpg.backbones import Backbone
+    from prpg.core.backbones import Backbone
 
 REFERENCE_MIN_SIZE = 100  # px, remove_small_objects in the reference, on ~1024 px photos
 REFERENCE_AREA = 1024 * 1024
@@ -162,13 +162,13 @@ class _GivenMap:
 
 @functools.lru_cache(maxsize=1)
 def _sam(name: str, device: str):
-    from prpg.filtering import load_sam
+    from prpg.filter.filtering import load_sam
 
     return load_sam(name, device)  # a clear ModelNotAvailableError when the weights are not there
 
 
 def persam_mask(image, sim: np.ndarray, sam, cfg: EvalConfig) -> np.ndarray | None:
-    """prpg.filtering's PerSAM on our similarity map: SAM prompted with its top points, the best-rated
+    """prpg.filter.filtering's PerSAM on our similarity map: SAM prompted with its top points, the best-rated
     mask, largest component. Simpler than the reference's PerSAM (no learned mask mixing, no refinement
     passes)."""
     return PerSamLocalizer(_GivenMap(sim), *sam, n_points=cfg.persam_points, device=cfg.device).mask(image)

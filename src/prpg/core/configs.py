@@ -15,7 +15,7 @@ from pathlib import Path
 from pydantic import ConfigDict, Field, ValidationInfo, field_validator
 from pydantic.dataclasses import dataclass
 
-from prpg.models import PAPER_BACKBONES  # a plain dict: no torch import
+from prpg.core.models import PAPER_BACKBONES  # a plain dict: no torch import
 from prpg.prompts import PROMPT_SETS, REFERENCE_PROMPT_FILES
 
 # Constrained element types (a bad element names its index, e.g. pretrain.generator.vae_channels.1).
@@ -23,7 +23,7 @@ PosInt = Annotated[int, Field(ge=1)]
 Share = Annotated[float, Field(ge=0.0, le=1.0)]
 Beta = Annotated[float, Field(ge=0.0, lt=1.0)]
 
-# Backbones the loaders (prpg.models.load_backbone) take: a paper name, the toybox encoder, a local timm folder,
+# Backbones the loaders (prpg.core.models.load_backbone) take: a paper name, the toybox encoder, a local timm folder,
 # or a Hugging Face hub id `org/name[@revision]` (loaded as hf-hub:<id>, as the paper names are).
 BACKBONE_NAMES = ("toybox", *PAPER_BACKBONES)
 _HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*(@[\w./-]+)?")
@@ -159,7 +159,7 @@ class DreamBoothConfig:
     train_text_encoder: bool = True
     identifier: str = "<new1>"
     max_grad_norm: float = Field(1.0, gt=0)
-    # Stage "personalize" (prpg.dreambooth; PAPER_DREAMBOOTH / TOYBOX_DREAMBOOTH hold the two full settings).
+    # Stage "personalize" (prpg.personalize; PAPER_DREAMBOOTH / TOYBOX_DREAMBOOTH hold the two full settings).
     mode: Literal["full", "lora"] = "full"  # lora: peft adapters on the attention projections only
     masked: bool = False  # instance loss weighted by the train mask on the latent grid
     lora_rank: int = Field(4, ge=1)
@@ -180,7 +180,7 @@ class DreamBoothConfig:
     device: str = "cpu"  # cpu | cuda | cuda:N | auto
 
 
-# ---- stage "synthesize" (prpg.synthesize) and "filter" (prpg.filtering) ----
+# ---- stage "synthesize" (prpg.synthesize) and "filter" (prpg.filter.filtering) ----
 Scheduler = Literal["default", "ddim", "dpm++"]
 NEGATIVE_PROMPT = "a photo of a {category}"
 DreamSimType = Literal["ensemble", "dino_vitb16", "clip_vitb32", "open_clip_vitb32"]
@@ -230,7 +230,7 @@ class NegativesConfig:
     # ASSUMPTIONS, all three (protocol §1.4): the reference has no negatives code; it only released the
     # images ({pods,dogs,df2}_negatives.zip), made by the frozen generator ("images of other objects in
     # the same semantic category"). Count, prompt and CFG are in no available source; the released zips
-    # would settle the count. Paper runs (prpg.experiments.PAPER) use these defaults.
+    # would settle the count. Paper runs (prpg.runs.experiments.PAPER) use these defaults.
     # Count: an instance's triplets draw from its category's pool uniformly WITH replacement (4500
     # triplets), so 1000 negatives appear ~4.5 times each: varied enough not to be memorised, for 1000 SD
     # images per category (5000 for PODS).
@@ -283,7 +283,7 @@ class CutPasteConfig:
 @dataclass(frozen=True, config=ConfigDict(extra="forbid"))
 class FilterConfig:
     model: Literal["dreamsim", "backbone"] = "backbone"
-    # timm ViT (prpg.models.load_backbone name): the similarity model when model="backbone", and the
+    # timm ViT (prpg.core.models.load_backbone name): the similarity model when model="backbone", and the
     # patch features that localize the object for "dense_otsu" / "persam".
     backbone: str = "toybox"
     dreamsim_type: DreamSimType = "ensemble"
@@ -300,7 +300,7 @@ class FilterConfig:
     # How the localizing backbone sees an image: "sam_pad" = the reference (SAM processor: long side
     # resized, padded to a square); "squash" = resized to the square (the same on square toybox images).
     dense_input: Literal["squash", "sam_pad"] = "squash"
-    backbone_resize: Literal["squash", "eval"] = "squash"  # see prpg.similarity.backbone_transform
+    backbone_resize: Literal["squash", "eval"] = "squash"  # see prpg.filter.similarity.backbone_transform
     max_attempts: int = Field(5000, ge=1)  # images looked at, localized or not (ref. max_image_count)
     keep_rejected: int | Literal["all"] = 15  # rejected images saved for inspection (reference: first 15)
 
@@ -311,7 +311,7 @@ class FilterConfig:
             raise ValueError(f"keep_rejected must be >= 0 or 'all', got {self.keep_rejected}")
 
 
-# ---- stage "train" (prpg.contrastive, prpg.triplets) ----
+# ---- stage "train" (prpg.train.contrastive, prpg.train.triplets) ----
 TrainLoss = Literal["info_nce", "multi_pos", "hinge"]
 RefType = Literal["real", "synthetic", "both"]
 
@@ -348,7 +348,7 @@ class TrainConfig:
     num_workers: int = Field(0, ge=0)
 
 
-# ---- stage "evaluate" (prpg.evaluation) ----
+# ---- stage "evaluate" (prpg.evaluate) ----
 EvalTask = Literal["classification", "retrieval", "dense"]  # dense = detection + segmentation
 
 
@@ -373,7 +373,7 @@ class EvalConfig:
     # Models (keys of evaluate_instance's `models`) whose features are cached under cache_dir: the
     # pretrained backbone is the same for every instance; a personalized one would only fill the disk.
     cache_models: tuple[str, ...] = ("pretrained",)
-    # "reference": the reference implementation's evaluation (paper runs; prpg.evaluation.protocol lists
+    # "reference": the reference implementation's evaluation (paper runs; prpg.evaluate.protocol lists
     # each rule: filled largest-contour seg GT, box of all cleaned foreground, centre-in-box cells, ImageNet
     # stats for CLIP's dense input, mean MAE target, projected 512-d pretrained CLIP, un-antialiased
     # position-embedding resampling). "fixed": ours, where those differ (toybox default).

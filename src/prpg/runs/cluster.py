@@ -2,10 +2,10 @@
 
 One machine: `prpg repro --gpus 0,1,2,3` (or `prpg exp NAME --instances test --gpus auto`) runs the
 instance chains side by side, one GPU each: every chain's `dvc repro -s` gets CUDA_VISIBLE_DEVICES=<its
-id> from a pool (prpg.repro.run_groups). `--jobs` defaults to the number of GPUs.
+id> from a pool (prpg.runs.repro.run_groups). `--jobs` defaults to the number of GPUs.
 
 A cluster: `prpg cluster NAME --parts 0-13` submits the experiment's parts as a SLURM job array, one
-array task per part K (the K-th test instance of every category, as prpg.results describes). Each task:
+array task per part K (the K-th test instance of every category, as prpg.runs.results describes). Each task:
   1. clones the submitting repository's HEAD commit into <workdir>/<NAME>/part-<KK> (its own copy, so
      DVC's locks and workspaces never collide; a resubmitted part reuses it and DVC skips what is done),
      sharing the submitting repository's DVC cache (datasets and unchanged stages come from it);
@@ -29,8 +29,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from prpg.atomic import atomic_dir
-from prpg.results import FILES, RESULTS_DIR
+from prpg.core.atomic import atomic_dir
+from prpg.runs.results import FILES, RESULTS_DIR
 
 Runner = Callable[[Sequence[str], Path, dict], None]
 GPU_ID = re.compile(r"\d+|(GPU|MIG)-[0-9A-Za-z/.-]+")  # an index, or a UUID as nvidia-smi -L prints it
@@ -107,7 +107,7 @@ def parse_parts(spec: str) -> list[int]:
 @dataclass(frozen=True)
 class PartJob:
     """What one array task needs (pickled by submitit): which part, where, and how to run it."""
-    name: str  # the named experiment (prpg.experiments)
+    name: str  # the named experiment (prpg.runs.experiments)
     offset: int  # K: the K-th test instance of every category
     repo: str  # the submitting repository (absolute): where the part lands
     commit: str  # the commit every part runs
@@ -275,7 +275,7 @@ def submit(name: str, parts: Sequence[int], repo: Path = Path("."), workdir: Pat
            slurm: Sequence[str] = (), overrides: Sequence[str] = (), description: str = "",
            headline: bool = False, local: bool = False, runner: Runner | None = None) -> Submission:
     """Submit one array task per part (offset) of experiment `name`; see the module docstring."""
-    from prpg.experiments import resolve
+    from prpg.runs.experiments import resolve
 
     if not parts:
         raise ValueError("--parts: no parts to run; write e.g. --parts 0-13")
@@ -351,7 +351,7 @@ def _cluster(args: argparse.Namespace) -> int:
 def add_cluster_parser(subparsers) -> argparse.ArgumentParser:
     """`prpg cluster NAME --parts 0-13 ...` (subparsers: build_parser's add_subparsers())."""
     c = subparsers.add_parser("cluster",
-                              help="run an experiment's parts as a SLURM job array (see prpg.cluster)")
+                              help="run an experiment's parts as a SLURM job array (see prpg.runs.cluster)")
     c.add_argument("name", help="a named experiment, as prpg exp takes it (e.g. pods-dinov2_vitb14)")
     c.add_argument("--parts", required=True,
                    help="part numbers K (the K-th test instance of every category): 0-13, 0,2,5 or 0-3,7")

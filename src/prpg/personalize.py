@@ -2,12 +2,12 @@
 the toybox generator), as the reference runs it (paper §1.1), full fine-tune or LoRA, plain or masked.
 
 Each step denoises `batch` instance images ("a photo of <new1> mug") and as many class images ("A
-photo of mug", made by the frozen generator, `prpg.class_images`); loss = MSE(instance) +
+photo of mug", made by the frozen generator, `prpg.priors`); loss = MSE(instance) +
 prior_weight * MSE(class). What differs from the reference, on purpose (paper §5, weak points 12, 17):
 - the mask goes through exactly the image's transform (short-side resize, the same crop, the same
   flip), so it stays on the object for non-square photos; the reference resizes it to a square;
 - every sample of the batch is weighted by its own mask (the reference uses mask[0] for all);
-- class images are per category (`prpg.class_images`), never mixed across categories;
+- class images are per category (`prpg.priors`), never mixed across categories;
 - everything is seeded (one CPU torch.Generator), so the same seed gives the same files on CPU.
 
 Outputs (`personalize`): full mode saves only what was trained (`unet/`, `text_encoder/`, each a
@@ -34,9 +34,9 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from prpg.atomic import atomic_dir, write_json_atomic
-from prpg.class_images import CLASS_PROMPT, generator_fingerprint
-from prpg.configs import DreamBoothConfig
+from prpg.core.atomic import atomic_dir, write_json_atomic
+from prpg.priors import CLASS_PROMPT, generator_fingerprint
+from prpg.core.configs import DreamBoothConfig
 from prpg.zoo.generator import tokenize
 
 log = logging.getLogger(__name__)
@@ -269,7 +269,7 @@ def _check_inputs(pipe, instance_images, class_images, instance_masks, cfg: Drea
     if not instance_images:
         raise DreamBoothError("no instance images: DreamBooth needs the instance's train images")
     if not class_images:
-        raise DreamBoothError("no class images: make them with prpg.class_images.generate_class_images")
+        raise DreamBoothError("no class images: make them with prpg.priors.generate_class_images")
     if cfg.masked and (instance_masks is None or len(instance_masks) != len(instance_images)):
         raise DreamBoothError("dreambooth.masked is true: pass one mask per instance image (train_masks/)")
     if resolution % pipe.vae_scale_factor:
@@ -489,8 +489,8 @@ def personalize(pipe, records: Sequence, category: str, class_images: Sequence[s
 
 def load_personalized(base_generator, path: str | Path, device: str | None = None, dtype=None):
     """A pipeline = base generator + a `personalize` output (full or LoRA). `base_generator` is a
-    pipeline (copied, never modified) or an id / folder for `prpg.models.load_generator`."""
-    from prpg.models import load_generator
+    pipeline (copied, never modified) or an id / folder for `prpg.core.models.load_generator`."""
+    from prpg.core.models import load_generator
 
     path = Path(path)
     info_path = path / "config.json"

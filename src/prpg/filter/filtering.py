@@ -43,13 +43,13 @@ from pydantic import ConfigDict, Field
 from pydantic.dataclasses import dataclass
 from tqdm.auto import tqdm
 
-from prpg.atomic import atomic_dir
-from prpg.configs import DreamSimType, FilterConfig  # noqa: F401 (re-exported)
+from prpg.core.atomic import atomic_dir
+from prpg.core.configs import DreamSimType, FilterConfig  # noqa: F401 (re-exported)
 from prpg.data import Dataset, DatasetError, load_image, load_mask, mask_to_box
-from prpg.similarity import BackboneModel, DreamSimModel, SimilarityModel, backbone_data_config
+from prpg.filter.similarity import BackboneModel, DreamSimModel, SimilarityModel, backbone_data_config
 
-if TYPE_CHECKING:  # prpg.evaluation imports this module: its geometry is imported where it is used
-    from prpg.evaluation.geometry import PadGeometry
+if TYPE_CHECKING:  # prpg.evaluate imports this module: its geometry is imported where it is used
+    from prpg.evaluate.geometry import PadGeometry
 
 Box = tuple[int, int, int, int]  # (x0, y0, x1, y1), x1/y1 exclusive, as prpg.data.mask_to_box
 Localizer = Callable[[Image.Image], Box | None]
@@ -134,24 +134,24 @@ class SquashLayout:
 @plain_dataclass(frozen=True)
 class PaddedLayout:
     """The reference's canvas (protocol §2.3): long side resized to grid x patch px, aspect kept, image
-    top-left on a padded square. A grid map goes back through the padding (prpg.evaluation.geometry)."""
+    top-left on a padded square. A grid map goes back through the padding (prpg.evaluate.geometry)."""
 
     grid: int
     patch: int
 
     def geometry(self, height: int, width: int) -> PadGeometry:
-        from prpg.evaluation.geometry import PadGeometry
+        from prpg.evaluate.geometry import PadGeometry
 
         return PadGeometry(height, width, self.grid, self.patch)
 
     def to_image(self, grid_map: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-        from prpg.evaluation.geometry import grid_to_image
+        from prpg.evaluate.geometry import grid_to_image
 
         return torch.from_numpy(grid_to_image(grid_map, self.geometry(*size)))
 
     def grid_mask(self, mask: np.ndarray) -> np.ndarray:
         """The mask on the same canvas, so that target_feature pools it onto the patches it covers."""
-        from prpg.evaluation.geometry import canvas_mask
+        from prpg.evaluate.geometry import canvas_mask
 
         return canvas_mask(mask, self.geometry(*np.shape(mask)))
 
@@ -189,7 +189,7 @@ class TimmPatchFeatures:
             raise ValueError(f"dense_input must be 'squash' or 'sam_pad', got {layout!r}")
 
     def _canvas(self, image: Image.Image) -> torch.Tensor:
-        from prpg.evaluation.geometry import canvas_tensor
+        from prpg.evaluate.geometry import canvas_tensor
 
         return canvas_tensor(image, self.layout.geometry(image.height, image.width), self.mean, self.std)
 
@@ -288,7 +288,7 @@ def load_sam(name_or_path: str | Path, device: str = "cpu"):
     """(SamModel, SamProcessor) from a hub id or a local save_pretrained folder."""
     from transformers import SamModel, SamProcessor
 
-    from prpg.models import _missing, hub_offline
+    from prpg.core.models import _missing, hub_offline
 
     local_only = Path(name_or_path).is_dir() or hub_offline()
     try:
@@ -612,7 +612,7 @@ def write_filtered(verdicts: Iterable[Verdict], out_dir: Path, *, n_keep: int, m
 def build_similarity(cfg: FilterConfig, device: str = "cpu") -> tuple[SimilarityModel, object | None]:
     """The similarity model and the timm backbone for localization (None when not needed); with
     model="backbone" the two share one loaded backbone."""
-    from prpg.models import load_backbone
+    from prpg.core.models import load_backbone
 
     needs_backbone = cfg.model == "backbone" or cfg.localize != "none"
     backbone = load_backbone(cfg.backbone) if needs_backbone else None
@@ -638,7 +638,7 @@ def build_localizer(cfg: FilterConfig, view: RealView, backbone, device: str = "
 def filter_instance(candidates: Iterable[Image.Image], ds: Dataset, instance: str, out_dir: Path,
                     cfg: FilterConfig, n_keep: int, device: str = "cpu") -> dict:
     """Filter generated images of one instance into out_dir (outputs/filtered/<instance>/<method>/)."""
-    from prpg.paths import ensure_not_under_data
+    from prpg.core.paths import ensure_not_under_data
 
     ensure_not_under_data(Path(out_dir))
     views = real_views(ds, instance)

@@ -1,6 +1,6 @@
 """One interface to the paper's backbones (DINOv2-B/14, CLIP-B/16, MAE-B/16) and the toybox encoder.
 
-All four are timm VisionTransformers loaded by `prpg.models.load_backbone`. Why timm rather than the
+All four are timm VisionTransformers loaded by `prpg.core.models.load_backbone`. Why timm rather than the
 reference's three loaders (torch.hub DINOv2, CLIP converted to a DINO-style ViT, HF MAE copied into
 one, protocol §1.8):
 - every block keeps the fused `qkv` Linear, which is exactly what the paper's LoRA targets
@@ -25,7 +25,7 @@ Protocol §5 decisions visible here:
 - (11) no embedding-size table (the reference's lists CLIP as 512): D is the model's own.
 - timm's `vit_base_patch16_clip_224` uses GELU where OpenAI CLIP uses QuickGELU; `load` restores it.
 
-Reference-protocol helpers (EvalConfig.protocol = "reference", prpg.evaluation.protocol):
+Reference-protocol helpers (EvalConfig.protocol = "reference", prpg.evaluate.protocol):
 - `load(..., projection=True)` keeps the checkpoint's head (for OpenAI CLIP the 768 -> 512 `proj`, which
   timm stores as `head`), so feature "proj" = head(CLS after ln_post) = CLIP's `encode_image`;
 - `hub_pos_embed` resamples position embeddings as the reference's ViTs do (torch.hub DINOv2 and the
@@ -47,7 +47,7 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 
-from prpg.models import PAPER_BACKBONES, load_backbone
+from prpg.core.models import PAPER_BACKBONES, load_backbone
 
 Feature = Literal["cls", "cls+patch", "proj"]
 RGBTriple = tuple[float, float, float]
@@ -175,7 +175,7 @@ def from_model(name: str, model: torch.nn.Module) -> Backbone:
     if not getattr(base, "dynamic_img_size", False):
         raise ValueError(f"{name}: the ViT was built without dynamic_img_size, so it only takes its "
                          "training size; build it with timm.create_model(..., dynamic_img_size=True) "
-                         "or load it through prpg.backbones.load")
+                         "or load it through prpg.core.backbones.load")
     ph, pw = base.patch_embed.patch_size
     if ph != pw:
         raise ValueError(f"{name}: non-square patches {ph}x{pw} are not supported")
@@ -201,7 +201,7 @@ def projection_head(name_or_path: str | Path) -> torch.nn.Module:
     head(CLS after the final norm) is `encode_image`, the reference's pretrained CLIP feature (§1.8)."""
     import timm
 
-    from prpg.models import backbone_source
+    from prpg.core.models import backbone_source
 
     model = timm.create_model(backbone_source(name_or_path), pretrained=True)
     head = getattr(model, "head", None)

@@ -29,7 +29,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from prpg.backbones import IMAGENET_MEAN, IMAGENET_STD, Backbone, paper_name
+from prpg.core.backbones import IMAGENET_MEAN, IMAGENET_STD, Backbone, paper_name
 
 REFERENCE = "reference"
 
@@ -70,7 +70,7 @@ def reference_box(mask: np.ndarray | None) -> tuple[float, float, float, float] 
 
 def mean_target(features: torch.Tensor, canvas: np.ndarray) -> torch.Tensor:
     """(D,) L2-normalized MEAN of the patch features under the mask (the reference's MAE target), with
-    prpg.filtering.target_feature's patch selection (covered at least half; else the best covered)."""
+    prpg.filter.filtering.target_feature's patch selection (covered at least half; else the best covered)."""
     gh, gw, _ = features.shape
     mask = torch.from_numpy(np.asarray(canvas, np.float32))[None, None]
     cover = F.interpolate(mask, size=(gh, gw), mode="area")[0, 0]

@@ -24,8 +24,8 @@ from pathlib import Path
 
 import numpy as np
 
-from prpg.atomic import write_text_atomic
-from prpg.configs import RefType
+from prpg.core.atomic import write_text_atomic
+from prpg.core.configs import RefType
 
 PAPER_NUM_SYNTHETIC = 450
 PAPER_NUM_TRIPLETS = 4500
@@ -154,7 +154,7 @@ def as_triplets(triplets_csv_or_rows) -> list[Triplet]:
         return load_triplets(triplets_csv_or_rows)
     rows = [t if isinstance(t, Triplet) else _from_dict(dict(t)) for t in triplets_csv_or_rows]
     if not rows:
-        raise ValueError("no triplets given; build them with prpg.triplets.make_triplets")
+        raise ValueError("no triplets given; build them with prpg.train.triplets.make_triplets")
     return rows
 
 

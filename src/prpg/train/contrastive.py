@@ -40,10 +40,10 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
-from prpg.atomic import atomic_dir, write_json_atomic, write_text_atomic
-from prpg.backbones import Backbone, vit
-from prpg.configs import TrainConfig
-from prpg.triplets import Triplet, as_triplets
+from prpg.core.atomic import atomic_dir, write_json_atomic, write_text_atomic
+from prpg.core.backbones import Backbone, vit
+from prpg.core.configs import TrainConfig
+from prpg.train.triplets import Triplet, as_triplets
 
 ADAPTER_DIR = "adapter"
 LOG_FILE = "train_log.csv"

@@ -1,6 +1,6 @@
 """Features the evaluation compares, computed in chunks and optionally cached on disk.
 
-Global: `embed_images` of prpg.backbones (L2-normalized CLS or CLS + mean patch). Dense: `bb.tokens`
+Global: `embed_images` of prpg.core.backbones (L2-normalized CLS or CLS + mean patch). Dense: `bb.tokens`
 on the padded canvas of geometry.py, each patch L2-normalized and rounded to float16 (the cache format)
 whether or not a cache is used, so a warm cache gives exactly the numbers of a cold one.
 
@@ -37,10 +37,10 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from prpg.data import DatasetError, ImageRecord, load_image
-from prpg.evaluation.geometry import PadGeometry, canvas_tensor
+from prpg.evaluate.geometry import PadGeometry, canvas_tensor
 
 if TYPE_CHECKING:
-    from prpg.backbones import Backbone
+    from prpg.core.backbones import Backbone
 
 
 @dataclass(frozen=True)
@@ -154,8 +154,8 @@ def embed_records(bb: Backbone, records: Sequence[ImageRecord], feature: str = "
     """(N, D) float32 L2-normalized global embeddings; images are read `batch` at a time (PODS's
     10.9k test photos do not fit in memory at once). protocol "reference": the reference's position-
     embedding resampling (backbones.hub_pos_embed)."""
-    from prpg.backbones import embed_images, hub_pos_embed
-    from prpg.evaluation.protocol import is_reference
+    from prpg.core.backbones import embed_images, hub_pos_embed
+    from prpg.evaluate.protocol import is_reference
 
     with hub_pos_embed(bb, is_reference(protocol)):
         out = [embed_images(bb, [load_image(r.path) for r in chunk], feature=feature, batch=batch,
@@ -170,8 +170,8 @@ def dense_records(bb: Backbone, records: Sequence[ImageRecord], grid: int, batch
     mode (LoRA dropout off); the model's train/eval mode is restored afterwards, as embed_images does.
     protocol "reference": ImageNet input statistics for every backbone and the reference's position-
     embedding resampling (evaluation.protocol)."""
-    from prpg.backbones import hub_pos_embed
-    from prpg.evaluation.protocol import dense_stats, is_reference
+    from prpg.core.backbones import hub_pos_embed
+    from prpg.evaluate.protocol import dense_stats, is_reference
 
     was_training = bb.model.training
     bb.model.eval().to(device)

@@ -1,6 +1,6 @@
 """Run one jupytext notebook as a DVC stage, in one process.
 
-    python -m prpg.notebook notebooks/03_personalize.py outputs/executed/03_personalize/mug_06.ipynb \
+    python -m prpg.core.notebook notebooks/03_personalize.py outputs/executed/03_personalize/mug_06.ipynb \
         -f params.yaml -r instance mug_06
 
 does what the two-command convention does (`jupytext --to ipynb --set-kernel python3` into build/,
@@ -222,7 +222,7 @@ def run(source: Path, output: Path, parameters: dict, cwd: str = ".") -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m prpg.notebook", description=__doc__.split("\n\n")[0])
+    ap = argparse.ArgumentParser(prog="python -m prpg.core.notebook", description=__doc__.split("\n\n")[0])
     ap.add_argument("source", type=Path, help="jupytext percent notebook (notebooks/NN_stage.py)")
     ap.add_argument("output", type=Path, help="executed .ipynb to write")
     ap.add_argument("-f", "--parameters-file", type=Path, help="YAML whose top-level groups are injected")

@@ -35,7 +35,7 @@ MICRO_PRETRAIN = {
 
 # One instance, tiny step counts: the generation stages end to end in seconds.
 MICRO_RUN = {
-    "run": {"categories": ["mug"], "instances": {"mug_01": "mug"}},
+    "run": {"categories": ["mug"], "instances": {"mug_01": {"category": "mug"}}},
     "personalize": {"steps": 2, "num_class_images": 2, "class_steps": 2, "class_batch": 2},
     "synthesize": {"positives": {"n": 4, "prompt_mode": "class", "steps": 2, "batch": 4},
                    "negatives": {"n": 4, "steps": 2, "batch": 4},

@@ -186,10 +186,10 @@ CLI_CASES = [
      ["models.backbone = 'resnet50'", "unknown backbone", "dinov2_vitb14"]),
     ("sweep-bad-value", ["exp", "toybox-sweep-cfg", "--dry", "-S", "train.epochs=0"], {}, ["train.epochs = 0"]),
     ("repro-bad-params", ["repro"], {"train": {"lr": -1}}, ["params.yaml: invalid parameters", "train.lr = -1"]),
-    ("instance-wrong-category", ["repro"], {**POD_RUN, "run": {"categories": ["mug", "shoe"], "instances": {"mug_01": "shoe"}}},
+    ("instance-wrong-category", ["repro"], {**POD_RUN, "run": {"categories": ["mug", "shoe"], "instances": {"mug_01": {"category": "shoe"}}}},
      ["params.yaml: run.instances.mug_01 is 'shoe', but data/pods/pods_info.json has mug_01 in category 'mug'",
       "set run.instances.mug_01: mug"]),
-    ("instance-not-in-dataset", ["repro"], {**POD_RUN, "run": {"categories": ["mug"], "instances": {"mug_99": "mug"}}},
+    ("instance-not-in-dataset", ["repro"], {**POD_RUN, "run": {"categories": ["mug"], "instances": {"mug_99": {"category": "mug"}}}},
      ["params.yaml: run.instances.mug_99: no instance 'mug_99' in data/pods/pods_info.json"]),
     ("exp-toybox-instances-on-pods", ["exp", "pods-dinov2_vitb14", "--dry"], {},
      ["run.instances.mug_06: no instance 'mug_06' in data/pods/pods_info.json", "--instances test"]),
@@ -222,7 +222,7 @@ def test_exp_without_params_yaml(workspace, capsys):
 def test_good_instances_pass(workspace, capsys):
     from prpg.cli import main
 
-    set_params(**POD_RUN, run={"categories": ["mug", "shoe"], "instances": {"mug_01": "mug", "shoe_00": "shoe"}})
+    set_params(**POD_RUN, run={"categories": ["mug", "shoe"], "instances": {"mug_01": {"category": "mug"}, "shoe_00": {"category": "shoe"}}})
     assert main(["repro", "-j", "1"]) == 0 and workspace == [1]
     assert main(["exp", "pods-dinov2_vitb14", "--instances", "test", "--dry"]) == 0
 

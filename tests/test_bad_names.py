@@ -251,7 +251,7 @@ def test_params_dataset_must_match_the_info_json(tmp_path):
 @pytest.mark.parametrize(("name", "why"), BAD_NAMES.items(), ids=range(len(BAD_NAMES)))
 def test_bad_instance_key_in_params(name, why):
     with pytest.raises(ParamsError) as err:
-        parse_group("run", {"categories": ["mug"], "instances": {name: "mug"}})
+        parse_group("run", {"categories": ["mug"], "instances": {name: {"category": "mug"}}})
     msg = str(err.value)
     assert f"run.instances: instance name {name!r} {why}" in msg, msg
     _rule_named(msg)
@@ -260,7 +260,7 @@ def test_bad_instance_key_in_params(name, why):
 @pytest.mark.parametrize("category", ["mug;touch PWNED", "../mug", "-mug"])
 def test_bad_category_in_params(category):
     with pytest.raises(ParamsError) as err:
-        parse_group("run", {"categories": [category], "instances": {"mug_06": category}})
+        parse_group("run", {"categories": [category], "instances": {"mug_06": {"category": category}}})
     msg = str(err.value)
     assert f"run.instances['mug_06']: category {category!r}" in msg, msg
     assert f"run.categories: category {category!r}" in msg, msg
@@ -269,13 +269,13 @@ def test_bad_category_in_params(category):
 
 def test_case_only_duplicates_in_params():
     with pytest.raises(ParamsError, match="run.instances: 'MUG_06' and 'mug_06' differ only by case"):
-        parse_group("run", {"categories": ["mug"], "instances": {"mug_06": "mug", "MUG_06": "mug"}})
+        parse_group("run", {"categories": ["mug"], "instances": {"mug_06": {"category": "mug"}, "MUG_06": {"category": "mug"}}})
     with pytest.raises(ParamsError, match="run.categories: 'Mug' and 'mug' differ only by case"):
         parse_group("run", {"categories": ["mug", "Mug"]})
 
 
 def test_bad_name_in_a_params_file(tmp_path):
-    path = _params_file(tmp_path, run={"categories": ["mug"], "instances": {"mug;touch PWNED": "mug"}})
+    path = _params_file(tmp_path, run={"categories": ["mug"], "instances": {"mug;touch PWNED": {"category": "mug"}}})
     with pytest.raises(ParamsError, match=rf"^{path}: .*run.instances: instance name 'mug;touch PWNED'"):
         load_params(path)
 
@@ -291,7 +291,7 @@ WORST = "mug;touch PWNED1 $(touch PWNED2) `touch PWNED3` \"q\" | tee PWNED4 & x>
 @pytest.fixture(scope="module")
 def hostile_repo(tmp_path_factory) -> Path:
     return copy_repo(tmp_path_factory.mktemp("hostile") / "repo",
-                     params={"run": {"categories": ["mug"], "instances": {HOSTILE: "mug"}}})
+                     params={"run": {"categories": ["mug"], "instances": {HOSTILE: {"category": "mug"}}}})
 
 
 def test_hostile_instance_is_refused_and_quoting_holds_anyway(hostile_repo):
@@ -308,7 +308,7 @@ def test_hostile_instance_is_refused_and_quoting_holds_anyway(hostile_repo):
     # 2. Validation bypassed (DVC reads params.yaml itself): every rendered command keeps the name as
     # one argument, and running it through a shell creates nothing.
     values = yaml.safe_load((hostile_repo / "params.yaml").read_text())
-    values["run"]["instances"] = {WORST: "mug"}
+    values["run"]["instances"] = {WORST: {"category": "mug"}}
     values["run"]["categories"] = ["mug", WORST]
     (hostile_repo / "params.yaml").write_text(yaml.safe_dump(values, sort_keys=False))
     with Repo(str(hostile_repo)) as repo:

@@ -84,7 +84,7 @@ def test_concurrent_chains_never_share_a_gpu_and_each_gets_exactly_one(monkeypat
 
 def test_repro_with_gpus_pins_every_dvc_call_and_checks_jobs(monkeypatch, tmp_path):
     (tmp_path / "params.yaml").write_text("run:\n  categories: [mug, shoe]\n"
-                                          "  instances: {mug_06: mug, shoe_06: shoe, shoe_07: shoe}\n")
+                                          "  instances: {mug_06: {category: mug}, shoe_06: {category: shoe}, shoe_07: {category: shoe}}\n")
     monkeypatch.setattr(repro, "stage_names", lambda cwd: NAMES)
     calls = []
     monkeypatch.setattr(repro.subprocess, "run", lambda cmd, cwd, env: calls.append((cmd, env)) or

@@ -57,7 +57,7 @@ def test_instances_replace_the_run_mapping(pods_tree, tmp_path):
     # DF2-like names that Hydra would read as numbers, and names that need quoting in YAML
     set_instances(params, {"828_1_2": "shirt", "007": "shirt", "mug_06": "mug"})
     run = yaml.safe_load(params.read_text())["run"]
-    assert run["instances"] == {"828_1_2": "shirt", "007": "shirt", "mug_06": "mug"}
+    assert run["instances"] == {"828_1_2": {"category": "shirt"}, "007": {"category": "shirt"}, "mug_06": {"category": "mug"}}
     assert run["categories"] == ["mug", "shirt"]
     assert "# what the per-category" in params.read_text()  # comments kept
     assert not any("run.instances" in v for v in command("toybox-real"))

@@ -110,7 +110,7 @@ def test_prpg_repro_runs_two_chains_at_once_with_the_sequential_results(repo, tm
     side, the pipeline ends up to date, and mug_01's stages write what a plain sequential `dvc repro`
     wrote. Then the run is kept as an experiment and saved as one part of a result."""
     run(["dvc", "repro"], repo)
-    two = {**MICRO_RUN, "run": {"categories": ["mug", "bottle"], "instances": {"mug_01": "mug", "bottle_01": "bottle"}}}
+    two = {**MICRO_RUN, "run": {"categories": ["mug", "bottle"], "instances": {"mug_01": {"category": "mug"}, "bottle_01": {"category": "bottle"}}}}
     par = copy_repo(tmp_path, params=two)
     out = run(["prpg", "exp", "toybox-dreambooth", "--jobs", "2"], par).stdout
     assert "params.yaml: 'train.sources=[dreambooth_filtered]' personalize.masked=false" in out

@@ -84,7 +84,10 @@ def test_ci_runs_the_readme_test_command():
 
 
 def _stages() -> dict:
-    return yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
+    """dvc.yaml's stages with its own `vars` (the runner command) substituted, as DVC does."""
+    text = (ROOT / "dvc.yaml").read_text()
+    values = {k: v for entry in yaml.safe_load(text).get("vars", []) if isinstance(entry, dict) for k, v in entry.items()}
+    return yaml.safe_load(re.sub(r"\$\{(\w+)\}", lambda m: str(values.get(m.group(1), m.group(0))), text))["stages"]
 
 
 def _parameters_cell_names(nb_path: Path) -> set[str]:
@@ -95,7 +98,7 @@ def _parameters_cell_names(nb_path: Path) -> set[str]:
     return {t.id for node in tree.body if isinstance(node, ast.Assign) for t in node.targets if isinstance(t, ast.Name)}
 
 
-RUNNER = re.compile(r"python -m prpg\.notebook (\S+) (\S+)((?: -[fr] [^;&]+?)*)\s*(?:[;&]|$)")
+RUNNER = re.compile(r"python -m prpg\.core\.notebook (\S+) (\S+)((?: -[fr] [^;&]+?)*)\s*(?:[;&]|$)")
 
 
 def _runs(cmds: list[str]) -> list[tuple[str, str, str]]:

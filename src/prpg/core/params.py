@@ -111,9 +111,22 @@ class RunParams(_Group):
     """What the per-category and per-instance stages run over (dvc.yaml `foreach`). No stage lists
     this group as a param: adding an instance adds stages, it does not invalidate the others."""
 
-    categories: list[str] = ["mug", "bottle", "screwdriver", "shoe", "tote"]
-    # instance name -> its category (a mapping, so DVC names the stages personalize@<instance>)
+    categories: list[str] = []
+    # params.yaml: `<instance>: {category: <category>}`, so dvc.yaml reads `${key}` (the instance) and
+    # `${item.category}`. A mapping, not a list: DVC names a list's stages by position (personalize@0).
+    # Parsed here to instance -> category.
     instances: dict[str, str] = {}
+
+    @field_validator("instances", mode="before")
+    @classmethod
+    def _instance_items(cls, value: Any) -> Any:
+        if not isinstance(value, dict):
+            return value
+        bad = [name for name, item in value.items() if not (isinstance(item, dict) and set(item) == {"category"})]
+        if bad:
+            raise ValueError(f"run.instances.{bad[0]}: expected {{category: <its category>}}, got {value[bad[0]]!r} "
+                             f"(e.g. `{bad[0]}: {{category: mug}}`)")
+        return {name: item["category"] for name, item in value.items()}
 
     @model_validator(mode="after")
     def _names(self) -> RunParams:

@@ -220,7 +220,7 @@ def set_instances(params_file: str | Path, instances: dict[str, str]) -> None:
         raise ValueError("no instances to run: pass at least one name -> category")
     with modify_yaml(str(params_file)) as values:
         values.setdefault("run", {})
-        values["run"]["instances"] = dict(instances)
+        values["run"]["instances"] = {name: {"category": category} for name, category in instances.items()}
         values["run"]["categories"] = sorted(set(instances.values()))
 
 

@@ -29,13 +29,15 @@ def test_one_row_per_set_with_blank_cells_past_its_images(tmp_path):
 
 
 def test_captions_title_each_image_instead_of_the_row():
-    fig = image_grid({"kept": [_image(1), _image(2)], "rejected": [_image(3)]}, 3,
-                     captions={"kept": ["kept 0.91", "kept 0.80"], "rejected": ["rejected 0.20", "unused"]})
+    fig = image_grid({"kept": [_image(1), _image(2)], "rejected": [_image(3)], "none kept": []}, 3,
+                     captions={"kept": ["kept 0.91", "kept 0.80"], "rejected": ["rejected 0.20", "unused"],
+                               "none kept": []})
     try:
-        axes = np.array(fig.axes).reshape(2, 3)
+        axes = np.array(fig.axes).reshape(3, 3)
         assert [ax.get_title() for ax in axes[0]] == ["kept 0.91", "kept 0.80", ""]
         assert [ax.get_title() for ax in axes[1]] == ["rejected 0.20", "", ""]
-        assert all(ax.get_title(loc="left") == "" for ax in axes.flat)
+        assert all(ax.get_title(loc="left") == "" for ax in axes[:2].flat)
+        assert axes[2, 0].get_title(loc="left") == "none kept"  # an empty row still says what it is
         assert fig._suptitle is None
     finally:
         plt.close(fig)

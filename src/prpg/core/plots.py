@@ -15,7 +15,7 @@ def image_grid(rows: Mapping[str, Sequence[ImageLike]], ncols: int, *,
                title: str | None = None, fontsize: float = 8):
     """One row of up to `ncols` images per entry of `rows` (images or image files), axes off; cells
     past a row's images stay blank. Each row's label is the left title of its first cell, unless
-    `captions` gives that row a caption per image (which then says what the row is)."""
+    `captions` gives that row a caption per image (which then says what the row is) and it has images."""
     import matplotlib.pyplot as plt
 
     captions = captions or {}
@@ -25,7 +25,7 @@ def image_grid(rows: Mapping[str, Sequence[ImageLike]], ncols: int, *,
             ax.axis("off")
         for ax, image in zip(row_axes, images, strict=False):
             ax.imshow(Image.open(image) if isinstance(image, str | Path) else image)
-        if label in captions:
+        if label in captions and images:
             for ax, caption in zip(row_axes, captions[label][: len(images)], strict=False):
                 ax.set_title(caption, fontsize=fontsize)
         else:

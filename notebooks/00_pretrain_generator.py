@@ -25,7 +25,7 @@
 # trains the encoder at the same time (one core each), then runs the gates (`00_zoo_gates`).
 
 # %% tags=["parameters"]
-common = {"seed": 0, "device": "cpu", "dataset": "toybox", "data_root": "outputs/data/toybox", "data_source": "src/prpg/toybox"}
+common = {}
 data = {}
 pretrain = {}
 
@@ -37,17 +37,17 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 import numpy as np
 
+from prpg.core.atomic import atomic_dir
+from prpg.core.models import TOYBOX_GENERATOR
+from prpg.core.params import fill_empty_groups, parse_group, resolve_device
 from prpg.core.paths import chdir_repo_root
+from prpg.data.images import load_mask
+from prpg.data.prepare import load_pool
+from prpg.zoo import gates
+from prpg.zoo.generator import pretrain_generator
 
-chdir_repo_root()
-
-from prpg.core.atomic import atomic_dir  # noqa: E402
-from prpg.data.images import load_mask  # noqa: E402
-from prpg.data.prepare import load_pool  # noqa: E402
-from prpg.core.models import TOYBOX_GENERATOR  # noqa: E402
-from prpg.core.params import parse_group, resolve_device  # noqa: E402
-from prpg.zoo import gates  # noqa: E402
-from prpg.zoo.generator import pretrain_generator  # noqa: E402
+chdir_repo_root()  # JupyterLab starts the kernel in notebooks/ (the stage runner: at the repo root)
+fill_empty_groups(globals())  # run interactively, nothing injected: the groups come from params.yaml
 
 common_p = parse_group("common", common)
 data_p = parse_group("data", data)

@@ -30,7 +30,7 @@
 # `reports/metrics/toybox_models.json`.
 
 # %% tags=["parameters"]
-common = {"seed": 0, "device": "cpu", "dataset": "toybox", "data_root": "outputs/data/toybox", "data_source": "src/prpg/toybox"}
+common = {}
 data = {}
 pretrain = {}
 
@@ -39,24 +39,24 @@ import json
 import time
 from pathlib import Path
 
-import matplotlib.pyplot as plt
 import numpy as np
 from PIL import Image
 
+from prpg.core.atomic import write_json_atomic
+from prpg.core.models import TOYBOX_ENCODER, TOYBOX_GENERATOR, load_backbone, load_generator
+from prpg.core.params import fill_empty_groups, parse_group
 from prpg.core.paths import chdir_repo_root
+from prpg.core.plots import image_grid
+from prpg.data import load_dataset
+from prpg.data.images import load_mask
+from prpg.data.prepare import load_pool
+from prpg.zoo import gates
+from prpg.zoo.card import encoder_card, generator_card, write_card
+from prpg.zoo.encoder import eval_transform
+from prpg.zoo.generator import object_closeups
 
-chdir_repo_root()
-
-from prpg.core.atomic import write_json_atomic  # noqa: E402
-from prpg.data import load_dataset  # noqa: E402
-from prpg.data.prepare import load_pool  # noqa: E402
-from prpg.data.images import load_mask, mask_to_box  # noqa: E402
-from prpg.core.models import TOYBOX_ENCODER, TOYBOX_GENERATOR, load_backbone, load_generator  # noqa: E402
-from prpg.core.params import parse_group  # noqa: E402
-from prpg.zoo import gates  # noqa: E402
-from prpg.zoo.card import write_card  # noqa: E402
-from prpg.zoo.encoder import eval_transform  # noqa: E402
-from prpg.zoo.generator import object_closeups  # noqa: E402
+chdir_repo_root()  # JupyterLab starts the kernel in notebooks/ (the stage runner: at the repo root)
+fill_empty_groups(globals())  # run interactively, nothing injected: the groups come from params.yaml
 
 common_p = parse_group("common", common)
 data_p = parse_group("data", data)
@@ -71,12 +71,6 @@ tf = eval_transform(p.encoder)
 enc_train = json.loads((TOYBOX_ENCODER / "training.json").read_text())
 gen_train = json.loads((TOYBOX_GENERATOR / "training.json").read_text())
 
-
-def crops(records):
-    """Each image cropped to its mask box: the object, as the filter's real crops (paper §1.3)."""
-    return [im.crop(mask_to_box(load_mask(r.mask_path))) for im, r in zip(gates.load_images(records), records, strict=True)]
-
-
 # %% [markdown]
 # ## Encoder: category probe (val instances) and instance retrieval (test instances)
 
@@ -85,8 +79,8 @@ pool_recs = [r for s in ("train", "test") for r in pool.images(s)]
 pool_cats = [pool.instance(r.instance).category for r in pool_recs]
 val_recs = [r for i in world.instances_in(split="val") for s in ("train", "test") for r in world.images(s, i.name)]
 val_cats = [world.instance(r.instance).category for r in val_recs]
-probe_objects = gates.fit_category_probe(gates.embed(encoder, crops(pool_recs), tf), pool_cats)
-acc_objects = gates.category_probe_accuracy(probe_objects, gates.embed(encoder, crops(val_recs), tf), val_cats)
+probe_objects = gates.fit_category_probe(gates.embed(encoder, gates.object_crops(pool_recs), tf), pool_cats)
+acc_objects = gates.category_probe_accuracy(probe_objects, gates.embed(encoder, gates.object_crops(val_recs), tf), val_cats)
 probe_scenes = gates.fit_category_probe(gates.embed(encoder, gates.load_images(pool_recs), tf), pool_cats)
 acc_scenes = gates.category_probe_accuracy(probe_scenes, gates.embed(encoder, gates.load_images(val_recs), tf), val_cats)
 retrieval = gates.instance_retrieval(encoder, tf, world, split="test")
@@ -143,89 +137,7 @@ print(f"DreamBooth on {db['instance']}: margin (cos to own test images - cos to 
 seconds = time.perf_counter() - t0
 
 # %% [markdown]
-# ## Model cards
-
-# %%
-regen = ("`dvc unfreeze zoo && dvc repro zoo && dvc freeze zoo` (notebooks "
-         "`00_pretrain_encoder.py` and `00_pretrain_generator.py` train at once, one CPU thread each, then "
-         "`00_zoo_gates.py` measures; params group `pretrain`).")
-e = p.encoder
-write_card(TOYBOX_ENCODER, "Toybox encoder (DINOv2 stand-in)",
-           "A tiny ViT of timm's DINOv2 architecture. Load with `prpg.core.models.load_backbone('toybox')`. "
-           "Category-supervised on the toybox pool: it knows categories, not instances.",
-           {"architecture": f"timm vit_small_patch14_dinov2 class: patch {e.patch_size}, dim {e.embed_dim}, "
-                            f"depth {e.depth}, heads {e.heads}, LayerScale init 1.0",
-            "data": f"toybox pool: {enc_train['train_images']} images of {len(pool.instances)} instances (never evaluated on)",
-            "objective": f"5-way category cross-entropy on CLS + {e.token_label_weight:g} x per-patch category "
-                         f"(or background) cross-entropy from the masks; views object / box / scene {e.view_mix}; "
-                         f"texture swap {e.texture_swap:g}, background swap {e.background_swap:g}, channel shuffle, "
-                         f"rotation +-{e.rotation:g} deg, zoom, flip",
-            "steps x batch": f"{e.steps} x {e.batch}, AdamW lr {e.lr}, cosine", "seed": common_p.seed,
-            "parameters": enc_train["params"], "train wall time (s)": enc_train["seconds"],
-            "train CPU time (s, all threads)": enc_train["cpu_seconds"],
-            "preprocessing": f"resize {e.resize} bicubic, center crop {e.image_size}, ImageNet mean/std"},
-           {"category linear probe, val instances, objects (gate >= 0.90)": acc_objects,
-            "category linear probe, val instances, whole scenes": acc_scenes,
-            "instance retrieval mAP, test instances (pretrained baseline)": retrieval,
-            "final train loss": enc_train["final_loss"], "final train accuracy": enc_train["final_train_accuracy"]},
-           regen)
-c = p.generator
-write_card(TOYBOX_GENERATOR, "Toybox generator (Stable Diffusion 1.5 stand-in)",
-           "SD 1.5's architecture, shrunk: CLIP tokenizer (real CLIP BPE ids) + CLIPTextModel, AutoencoderKL, "
-           "UNet2DConditionModel, PNDM. Load with `prpg.core.models.load_generator('models/toybox/generator')`.",
-           {"resolution": c.resolution,
-            "data": f"toybox pool: {gen_train['train_images'] // (2 if c.object_zoom else 1)} captioned images (the first "
-                    f"{p.generator_pool_per_category} pool instances per category)"
-                    + (f" + one object close-up each (square, {c.object_zoom[0]:g}-{c.object_zoom[1]:g}x the object "
-                       "box, same caption)" if c.object_zoom else ""),
-            "objective": f"VAE: L1+MSE+{c.vae_kl_weight:g} KL"
-                         + (f" on random {c.vae_crop}-px crops" if c.vae_crop else "")
-                         + "; UNet+text encoder: epsilon MSE"
-                         + (f" with min-SNR weighting (gamma {c.snr_gamma:g})" if c.snr_gamma else "")
-                         + (f", object {'pixels' if c.object_region == 'mask' else 'boxes'} weighted {c.object_weight:g}x"
-                            if c.object_weight != 1.0 else "")
-                         + f", {c.caption_dropout:.0%} empty captions"
-                         + (f", {c.category_caption:.0%} bare category captions" if c.category_caption else "")
-                         + ", EMA",
-            "steps": f"vae {c.vae_steps} x {c.vae_batch}, unet {c.unet_steps} x {c.unet_batch}",
-            "seed": common_p.seed, "parameters": gen_train["params"], "weights": "fp16 safetensors (upcast on load)",
-            "train wall time (s)": gen_train["total_seconds"], "train CPU time (s, all threads)": gen_train["cpu_seconds"]},
-           {"samples recognised as their category (gate >= 0.80)": gen_acc,
-            "  standard error (binomial, n samples)": gen_se,
-            **{f"  {k}": v for k, v in gen_per_cat.items()},
-            "reference: real single-object val images recognised by the same probe": real_ref,
-            "reference: the same photos in the usual poses (train + in_distribution), same probe": usual_ref,
-            **({"reference: the same photos as object close-ups, same probe": closeup_ref} if closeup_ref else {}),
-            f"DreamBooth smoke ({db['instance']}): margin before": db["margin_before"],
-            f"DreamBooth smoke ({db['instance']}): margin after": db["margin_after"],
-            "final unet loss": gen_train["unet_final_loss"], "final vae loss": gen_train["vae_final_loss"]}, regen)
-
-# %% [markdown]
-# ## Samples: "a photo of a {category}", and after DreamBooth
-
-# %%
-fig, axes = plt.subplots(len(cat_names) + 1, 8, figsize=(12, 1.6 * (len(cat_names) + 1)), squeeze=False)
-per = g.samples_per_category
-for r, name in enumerate(cat_names):
-    for k in range(8):
-        axes[r, k].axis("off")
-        if k < per:
-            axes[r, k].imshow(samples[r * per + k])
-    axes[r, 0].set_title(f"{name} ({gen_per_cat[name]:.0%})", fontsize=8, loc="left")
-for k in range(8):
-    axes[-1, k].axis("off")
-    if k < len(db["samples_after"]):
-        axes[-1, k].imshow(db["samples_after"][k])
-axes[-1, 0].set_title(f"after DreamBooth on {db['instance']}", fontsize=8, loc="left")
-fig.suptitle(f"toybox generator samples (CFG {g.guidance}, {g.sample_steps} steps); {gen_acc:.0%} recognised "
-             f"by the category probe (real single-object photos: {real_ref:.0%}"
-             + (f", as close-ups: {closeup_ref:.0%})" if closeup_ref else ")"), fontsize=9)
-fig.tight_layout()
-Path("reports/figures").mkdir(parents=True, exist_ok=True)
-fig.savefig("reports/figures/toybox_generator_samples.png", dpi=100, metadata={"Software": None})
-
-# %% [markdown]
-# ## Metrics (git-tracked)
+# ## Model cards, from the measured values (prpg.zoo.card)
 
 # %%
 metrics = {
@@ -238,5 +150,26 @@ metrics = {
     "dreambooth_smoke": {k: db[k] for k in ("margin_before", "margin_after", "cos_own_before", "cos_own_after")},
     "gates_seconds": seconds,
 }
+write_card(TOYBOX_ENCODER, encoder_card(p, common_p.seed, enc_train, len(pool.instances), metrics))
+write_card(TOYBOX_GENERATOR, generator_card(p, common_p.seed, gen_train, metrics))
+
+# %% [markdown]
+# ## Samples: "a photo of a {category}", and after DreamBooth
+
+# %%
+per = g.samples_per_category
+rows = {f"{name} ({gen_per_cat[name]:.0%})": samples[r * per : (r + 1) * per] for r, name in enumerate(cat_names)}
+rows[f"after DreamBooth on {db['instance']}"] = db["samples_after"]
+fig = image_grid(rows, 8, row_height=1.6,
+                 title=f"toybox generator samples (CFG {g.guidance}, {g.sample_steps} steps); {gen_acc:.0%} recognised "
+                       f"by the category probe (real single-object photos: {real_ref:.0%}"
+                       + (f", as close-ups: {closeup_ref:.0%})" if closeup_ref else ")"))
+Path("reports/figures").mkdir(parents=True, exist_ok=True)
+fig.savefig("reports/figures/toybox_generator_samples.png", dpi=100, metadata={"Software": None})
+
+# %% [markdown]
+# ## Metrics (git-tracked)
+
+# %%
 write_json_atomic("reports/metrics/toybox_models.json", metrics)
 print(json.dumps(metrics, indent=1))

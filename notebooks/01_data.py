@@ -24,25 +24,25 @@
 # Run it with `dvc repro data`; explore it here in JupyterLab (paths resolve from the repo root).
 
 # %% tags=["parameters"]
-# Defaults for interactive use; `dvc repro` injects params.yaml through papermill (-f params.yaml).
-common = {"seed": 0, "device": "cpu", "dataset": "toybox", "data_root": "outputs/data/toybox", "data_source": "src/prpg/toybox"}
-data = {"min_train_images": 3, "require_train_masks": True, "gallery_instances_per_category": 1}
+common = {}
+data = {}
 
 # %%
 import json
 import time
 
 import pandas as pd
+from IPython.display import Image
 
+from prpg.core.atomic import write_json_atomic
+from prpg.core.params import fill_empty_groups, load_params, parse_group
 from prpg.core.paths import chdir_repo_root
+from prpg.data import load_dataset
+from prpg.data.gallery import save_gallery
+from prpg.data.prepare import prepare_dataset, summarize
 
-chdir_repo_root()  # same cwd under papermill, JupyterLab and pytest
-
-from prpg.core.atomic import write_json_atomic  # noqa: E402
-from prpg.data import load_dataset  # noqa: E402
-from prpg.data.gallery import save_gallery  # noqa: E402
-from prpg.data.prepare import prepare_dataset, summarize  # noqa: E402
-from prpg.core.params import load_params, parse_group  # noqa: E402
+chdir_repo_root()  # JupyterLab starts the kernel in notebooks/ (the stage runner: at the repo root)
+fill_empty_groups(globals())  # run interactively, nothing injected: the groups come from params.yaml
 
 # Every group of params.yaml, not only this stage's: the first stage stops a bad value anywhere
 # (`dvc exp run -S train.lr=abc`) before any work, naming the key.
@@ -80,8 +80,6 @@ pd.Series(summary["test_splits"], name="test images")
 
 # %%
 gallery = save_gallery(ds, f"reports/figures/{ds.name}_gallery.png", per_category=data_p.gallery_instances_per_category)
-from IPython.display import Image  # noqa: E402
-
 Image(filename=str(gallery))
 
 # %% [markdown]

@@ -27,29 +27,25 @@
 # `dvc repro` runs this notebook once per category in `run.categories` (`priors@<category>`).
 
 # %% tags=["parameters"]
-common = {"seed": 0, "device": "cpu", "dataset": "toybox", "data_root": "outputs/data/toybox", "data_source": "src/prpg/toybox"}
-models = {"generator": "models/toybox/generator", "backbone": "toybox"}
+common = {}
+models = {}
 personalize = {}
 synthesize = {}
 category = "mug"
 
 # %%
 import time
-from pathlib import Path
 
-import matplotlib.pyplot as plt
-from PIL import Image
-
+from prpg.core.models import load_generator
+from prpg.core.params import fill_empty_groups, parse_group, setup_device
 from prpg.core.paths import chdir_repo_root
+from prpg.core.plots import image_grid
+from prpg.data import load_dataset
+from prpg.priors import generate_class_images
+from prpg.synthesize import category_backgrounds, generate_negatives
 
-chdir_repo_root()
-
-from prpg.core.atomic import atomic_dir  # noqa: E402
-from prpg.priors import generate_class_images  # noqa: E402
-from prpg.data import load_dataset  # noqa: E402
-from prpg.core.models import load_generator  # noqa: E402
-from prpg.core.params import parse_group, setup_device  # noqa: E402
-from prpg.synthesize import generate_backgrounds, generate_negatives  # noqa: E402
+chdir_repo_root()  # JupyterLab starts the kernel in notebooks/ (the stage runner: at the repo root)
+fill_empty_groups(globals())  # run interactively, nothing injected: the groups come from params.yaml
 
 common_p = parse_group("common", common)
 models_p = parse_group("models", models)
@@ -71,30 +67,17 @@ class_paths = generate_class_images(frozen, category, db.num_class_images, "outp
 t_class = time.perf_counter() - t0
 negatives_dir = generate_negatives(frozen, category, "outputs/negatives", syn.negatives, seed=common_p.seed)
 t_neg = time.perf_counter() - t0 - t_class
-n_backgrounds = 0
-if syn.cut_paste.backgrounds in ("generated", "both"):
-    backgrounds_dir = generate_backgrounds(frozen, category, "outputs/backgrounds", syn.cut_paste, seed=common_p.seed,
-                                           instances=category_instances)
-    n_backgrounds = len(list(backgrounds_dir.glob("*.png")))
-else:  # keep the DVC output present (an empty folder) when only real backgrounds are used
-    with atomic_dir(Path("outputs/backgrounds") / category):
-        pass
+backgrounds = category_backgrounds(frozen, category, "outputs/backgrounds", syn.cut_paste, seed=common_p.seed,
+                                  instances=category_instances)
 seconds = time.perf_counter() - t0
 print(f"{len(class_paths)} class images ({t_class:.1f} s), {syn.negatives.n} negatives ({t_neg:.1f} s), "
-      f"{n_backgrounds} backgrounds; {seconds:.1f} s in all")
+      f"{len(backgrounds)} backgrounds; {seconds:.1f} s in all")
 
 # %% [markdown]
 # ## A look at each set
 
 # %%
 sets = {"class images": class_paths, "negatives": sorted(negatives_dir.glob("*.png"))}
-if n_backgrounds:
-    sets["backgrounds"] = sorted(backgrounds_dir.glob("*.png"))
-fig, axes = plt.subplots(len(sets), 8, figsize=(12, 1.7 * len(sets)), squeeze=False)
-for row, (name, paths) in enumerate(sets.items()):
-    for k, ax in enumerate(axes[row]):
-        ax.axis("off")
-        if k < len(paths):
-            ax.imshow(Image.open(paths[k]))
-    axes[row, 0].set_title(f"{category}: {name}", fontsize=8, loc="left")
-fig.tight_layout()
+if backgrounds:
+    sets["backgrounds"] = backgrounds
+grid = image_grid({f"{category}: {name}": paths for name, paths in sets.items()}, 8)

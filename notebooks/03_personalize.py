@@ -24,8 +24,8 @@
 # `dvc repro` runs this once per instance in `run.instances` (`personalize@<instance>`).
 
 # %% tags=["parameters"]
-common = {"seed": 0, "device": "cpu", "dataset": "toybox", "data_root": "outputs/data/toybox", "data_source": "src/prpg/toybox"}
-models = {"generator": "models/toybox/generator", "backbone": "toybox"}
+common = {}
+models = {}
 personalize = {}
 instance = "mug_06"
 
@@ -35,15 +35,18 @@ import dataclasses
 import matplotlib.pyplot as plt
 import pandas as pd
 
+from prpg.core.models import load_generator
+from prpg.core.params import fill_empty_groups, parse_group, setup_device
 from prpg.core.paths import chdir_repo_root
+from prpg.core.plots import image_grid
+from prpg.data import load_dataset, load_image
+from prpg.personalize import INSTANCE_PROMPT
+from prpg.personalize import personalize as run_dreambooth
+from prpg.priors import class_images_dir
+from prpg.zoo.generator import sample
 
-chdir_repo_root()
-
-from prpg.priors import class_images_dir  # noqa: E402
-from prpg.data import load_dataset  # noqa: E402
-from prpg.personalize import personalize as run_dreambooth  # noqa: E402
-from prpg.core.models import load_generator  # noqa: E402
-from prpg.core.params import parse_group, setup_device  # noqa: E402
+chdir_repo_root()  # JupyterLab starts the kernel in notebooks/ (the stage runner: at the repo root)
+fill_empty_groups(globals())  # run interactively, nothing injected: the groups come from params.yaml
 
 common_p = parse_group("common", common)
 models_p = parse_group("models", models)
@@ -72,21 +75,14 @@ print(f"DreamBooth: {result.seconds:.1f} s, optimizer {result.optimizer}, final 
 # ## Loss curve and a first look at the personalized generator
 
 # %%
-from prpg.personalize import INSTANCE_PROMPT  # noqa: E402
-from prpg.data import load_image  # noqa: E402
-from prpg.zoo.generator import sample  # noqa: E402
-
 prompt = INSTANCE_PROMPT.format(identifier=db.identifier, category=category)
 # Sampled with the class images' sampler steps: a count, so a rehearsal's reduced counts reduce it too.
 before = sample(base, [prompt] * 4, seed=common_p.seed, steps=db.class_steps)
 after = sample(result.pipe, [prompt] * 4, seed=common_p.seed, steps=db.class_steps)
-fig, axes = plt.subplots(1, 12, figsize=(18, 2))
-axes[0].plot(losses["step"], losses["loss"].rolling(10, min_periods=1).mean())
-axes[0].set_title("loss (10-step mean)", fontsize=8)
-for ax, im, title in zip(axes[1:], [load_image(r.path) for r in records[:3]] + before + after,
-                         ["real"] * 3 + ["before"] * 4 + ["after"] * 4, strict=False):
-    ax.imshow(im)
-    ax.set_title(title, fontsize=8)
-    ax.axis("off")
-fig.suptitle(f"{instance}: '{prompt}'", fontsize=9)
+fig, ax = plt.subplots(figsize=(5, 2.2))
+ax.plot(losses["step"], losses["loss"].rolling(10, min_periods=1).mean())
+ax.set_title(f"{instance}: DreamBooth loss (10-step mean)", fontsize=9)
+ax.set_xlabel("step")
 fig.tight_layout()
+grid = image_grid({"real": [load_image(r.path) for r in records[:3]], "before": before, "after": after}, 4,
+                  width=7, row_height=1.8, title=f"{instance}: '{prompt}'")

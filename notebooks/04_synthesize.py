@@ -27,8 +27,8 @@
 # Outputs: `outputs/synthetic/<instance>/{dreambooth,cut_paste,cut_paste_masks}/`.
 
 # %% tags=["parameters"]
-common = {"seed": 0, "device": "cpu", "dataset": "toybox", "data_root": "outputs/data/toybox", "data_source": "src/prpg/toybox"}
-models = {"generator": "models/toybox/generator", "backbone": "toybox"}
+common = {}
+models = {}
 synthesize = {}
 instance = "mug_06"
 
@@ -36,18 +36,17 @@ instance = "mug_06"
 import time
 from pathlib import Path
 
-import matplotlib.pyplot as plt
-from PIL import Image
-
+from prpg.core.models import load_generator
+from prpg.core.params import fill_empty_groups, parse_group, setup_device
 from prpg.core.paths import chdir_repo_root
+from prpg.core.plots import image_grid
+from prpg.data import load_dataset
+from prpg.personalize import load_personalized
+from prpg.synthesize import cut_and_paste
+from prpg.synthesize import synthesize as run_synthesis
 
-chdir_repo_root()
-
-from prpg.data import load_dataset  # noqa: E402
-from prpg.personalize import load_personalized  # noqa: E402
-from prpg.core.models import load_generator  # noqa: E402
-from prpg.core.params import parse_group, setup_device  # noqa: E402
-from prpg.synthesize import cut_and_paste, synthesize as run_synthesis  # noqa: E402
+chdir_repo_root()  # JupyterLab starts the kernel in notebooks/ (the stage runner: at the repo root)
+fill_empty_groups(globals())  # run interactively, nothing injected: the groups come from params.yaml
 
 common_p = parse_group("common", common)
 models_p = parse_group("models", models)
@@ -79,12 +78,6 @@ print(f"DreamBooth positives: {t_db:.1f} s; cut-and-paste: {t_cp:.1f} s")
 # ## Samples
 
 # %%
-rows = {"dreambooth": sorted((out / "dreambooth").glob("*.png")), "cut_paste": sorted((out / "cut_paste").glob("*.png"))}
-fig, axes = plt.subplots(2, 10, figsize=(15, 3.3))
-for r, (name, paths) in enumerate(rows.items()):
-    for k, ax in enumerate(axes[r]):
-        ax.axis("off")
-        if k < len(paths):
-            ax.imshow(Image.open(paths[k]))
-    axes[r, 0].set_title(f"{instance}: {name} ({len(paths)})", fontsize=8, loc="left")
-fig.tight_layout()
+rows = {name: sorted((out / name).glob("*.png")) for name in ("dreambooth", "cut_paste")}
+grid = image_grid({f"{instance}: {name} ({len(paths)})": paths for name, paths in rows.items()}, 10,
+                  width=15, row_height=1.65)

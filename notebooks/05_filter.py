@@ -26,31 +26,28 @@
 # Output: `outputs/filtered/<instance>/{kept,rejected}/`, `scores.csv`, `summary.json`.
 
 # %% tags=["parameters"]
-common = {"seed": 0, "device": "cpu", "dataset": "toybox", "data_root": "outputs/data/toybox", "data_source": "src/prpg/toybox"}
-models = {"generator": "models/toybox/generator", "backbone": "toybox"}
+common = {}
+models = {}
 synthesize = {}
 filter = {}  # noqa: A001 (the params group's name)
 instance = "mug_06"
 
 # %%
-import itertools
 import time
 from pathlib import Path
 
 import matplotlib.pyplot as plt
 import pandas as pd
-from PIL import Image
 
+from prpg.core.params import fill_empty_groups, parse_group, setup_device
 from prpg.core.paths import chdir_repo_root
+from prpg.core.plots import image_grid
+from prpg.data import load_dataset
+from prpg.filter.candidates import candidate_images, personalized_samples
+from prpg.filter.filtering import filter_instance
 
-chdir_repo_root()
-
-from prpg.data import load_dataset  # noqa: E402
-from prpg.personalize import load_personalized  # noqa: E402
-from prpg.filter.filtering import filter_instance  # noqa: E402
-from prpg.core.models import load_generator  # noqa: E402
-from prpg.core.params import parse_group, setup_device  # noqa: E402
-from prpg.synthesize import sample_stream  # noqa: E402
+chdir_repo_root()  # JupyterLab starts the kernel in notebooks/ (the stage runner: at the repo root)
+fill_empty_groups(globals())  # run interactively, nothing injected: the groups come from params.yaml
 
 common_p = parse_group("common", common)
 models_p = parse_group("models", models)
@@ -69,16 +66,11 @@ print(f"{instance}: {len(synthesized)} synthesized positives; keep {flt.n_keep} 
 # ## Filter
 
 # %%
-def candidates():
-    """The synthesized images, then (optionally) fresh samples from the personalized generator."""
-    yield from (Image.open(p).convert("RGB") for p in synthesized)
-    if flt.sample_more:
-        pipe = load_personalized(load_generator(models_p.generator, device=device), f"outputs/personalize/{instance}")
-        yield from sample_stream(pipe, syn.positives, instance, category, seed=common_p.seed)
-
-
+# Fresh samples are drawn (and the personalized generator loaded) only once the synthesized set runs out.
+more = personalized_samples(models_p.generator, f"outputs/personalize/{instance}", syn.positives, instance, category,
+                            seed=common_p.seed, device=device) if flt.sample_more else ()
 t0 = time.perf_counter()
-summary = filter_instance(itertools.islice(candidates(), flt.max_attempts), ds, instance,
+summary = filter_instance(candidate_images(synthesized, more, max_attempts=flt.max_attempts), ds, instance,
                           Path(f"outputs/filtered/{instance}"), flt, n_keep=flt.n_keep, device=device)
 print(f"kept {summary['kept']} / {summary['attempts']} attempts ({summary['not_localized']} not localized; "
       f"stopped: {summary['stopped']}) in {time.perf_counter() - t0:.1f} s")
@@ -96,11 +88,5 @@ axes.set_title(f"{instance}: filter scores ({flt.reduce} cosine to the real crop
 fig.tight_layout()
 
 shown = {"kept": scores[scores.kept == 1].head(8), "rejected": scores[(scores.kept == 0) & (scores.file.notna())].head(8)}
-fig, axes = plt.subplots(2, 8, figsize=(12, 3.5))
-for r, (name, rows) in enumerate(shown.items()):
-    for ax in axes[r]:
-        ax.axis("off")
-    for ax, (_, row) in zip(axes[r], rows.iterrows(), strict=False):
-        ax.imshow(Image.open(out / row.file))
-        ax.set_title(f"{name} {row.score:.2f}", fontsize=7)
-fig.tight_layout()
+grid = image_grid({name: [out / f for f in rows.file] for name, rows in shown.items()}, 8, row_height=1.75,
+                  captions={name: [f"{name} {v:.2f}" for v in rows.score] for name, rows in shown.items()})

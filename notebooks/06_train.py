@@ -27,8 +27,8 @@
 # `train_config.json`).
 
 # %% tags=["parameters"]
-common = {"seed": 0, "device": "cpu", "dataset": "toybox", "data_root": "outputs/data/toybox", "data_source": "src/prpg/toybox"}
-models = {"generator": "models/toybox/generator", "backbone": "toybox"}
+common = {}
+models = {}
 train = {}
 instance = "mug_06"
 
@@ -39,17 +39,17 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 import pandas as pd
 
+from prpg.core import backbones
+from prpg.core.atomic import atomic_dir
+from prpg.core.params import fill_empty_groups, parse_group, setup_device
 from prpg.core.paths import chdir_repo_root
+from prpg.data import load_dataset
+from prpg.data.dataset import list_images
+from prpg.train.contrastive import train as train_lora
+from prpg.train.triplets import make_triplets, positive_sets, save_triplets
 
-chdir_repo_root()
-
-from prpg.core import backbones  # noqa: E402
-from prpg.core.atomic import atomic_dir  # noqa: E402
-from prpg.train.contrastive import train as train_lora  # noqa: E402
-from prpg.data import load_dataset  # noqa: E402
-from prpg.data.dataset import list_images  # noqa: E402
-from prpg.core.params import POSITIVE_SOURCES, parse_group, setup_device  # noqa: E402
-from prpg.train.triplets import make_triplets, save_triplets  # noqa: E402
+chdir_repo_root()  # JupyterLab starts the kernel in notebooks/ (the stage runner: at the repo root)
+fill_empty_groups(globals())  # run interactively, nothing injected: the groups come from params.yaml
 
 common_p = parse_group("common", common)
 models_p = parse_group("models", models)
@@ -61,8 +61,7 @@ category = ds.instance(instance).category
 real = [r.path for r in ds.images("train", instance)]
 
 
-synthetic = {s: real if s == "real" else list_images(Path(POSITIVE_SOURCES[s].format(instance=instance)))
-             for s in cfg.sources}
+synthetic = positive_sets(cfg.sources, instance, real)
 negatives = list_images(Path(f"outputs/negatives/{category}"))
 print(f"{instance} ({category}): {len(real)} real anchors; positives "
       + ", ".join(f"{k} {len(v)}" for k, v in synthetic.items()) + f"; {len(negatives)} negatives")

@@ -35,8 +35,8 @@
 # Output: `outputs/evaluate/<instance>/metrics.json` ({task: {model: value}} and per split).
 
 # %% tags=["parameters"]
-common = {"seed": 0, "device": "cpu", "dataset": "toybox", "data_root": "outputs/data/toybox", "data_source": "src/prpg/toybox"}
-models = {"generator": "models/toybox/generator", "backbone": "toybox"}
+common = {}
+models = {}
 evaluate = {}
 instance = "mug_06"
 
@@ -48,16 +48,16 @@ from pathlib import Path
 
 import pandas as pd
 
+from prpg.core import backbones
+from prpg.core.atomic import atomic_dir
+from prpg.core.params import fill_empty_groups, parse_group, setup_device
 from prpg.core.paths import chdir_repo_root
+from prpg.data import load_dataset
+from prpg.evaluate import evaluate_instance
+from prpg.train.contrastive import load_personalized
 
-chdir_repo_root()
-
-from prpg.core import backbones  # noqa: E402
-from prpg.core.atomic import atomic_dir  # noqa: E402
-from prpg.train.contrastive import load_personalized  # noqa: E402
-from prpg.data import load_dataset  # noqa: E402
-from prpg.evaluate import evaluate_instance  # noqa: E402
-from prpg.core.params import parse_group, setup_device  # noqa: E402
+chdir_repo_root()  # JupyterLab starts the kernel in notebooks/ (the stage runner: at the repo root)
+fill_empty_groups(globals())  # run interactively, nothing injected: the groups come from params.yaml
 
 common_p = parse_group("common", common)
 models_p = parse_group("models", models)

@@ -24,8 +24,8 @@
 # training curves of every instance, for the report and `dvc plots`).
 
 # %% tags=["parameters"]
-common = {"seed": 0, "device": "cpu", "dataset": "toybox", "data_root": "outputs/data/toybox", "data_source": "src/prpg/toybox"}
-run = {"categories": [], "instances": {}}
+common = {}
+run = {}
 
 # %%
 import json
@@ -33,14 +33,14 @@ from pathlib import Path
 
 import pandas as pd
 
+from prpg.aggregate import aggregate
+from prpg.core.atomic import write_json_atomic, write_text_atomic
+from prpg.core.params import fill_empty_groups, parse_group
 from prpg.core.paths import chdir_repo_root
+from prpg.train.triplets import REAL_SOURCE, positives_per_source
 
-chdir_repo_root()
-
-from prpg.core.atomic import write_json_atomic, write_text_atomic  # noqa: E402
-from prpg.aggregate import aggregate  # noqa: E402
-from prpg.core.params import parse_group  # noqa: E402
-from prpg.train.triplets import REAL_SOURCE, positives_per_source  # noqa: E402
+chdir_repo_root()  # JupyterLab starts the kernel in notebooks/ (the stage runner: at the repo root)
+fill_empty_groups(globals())  # run interactively, nothing injected: the groups come from params.yaml
 
 common_p = parse_group("common", common)
 run_p = parse_group("run", run)

@@ -23,17 +23,17 @@
 # `reports/figures/report_*.png`.
 
 # %% tags=["parameters"]
-common = {"seed": 0, "device": "cpu", "dataset": "toybox", "data_root": "outputs/data/toybox", "data_source": "src/prpg/toybox"}
+common = {}
 
 # %%
 from IPython.display import Image, Markdown, display
 
+from prpg import report
+from prpg.core.params import fill_empty_groups, parse_group
 from prpg.core.paths import chdir_repo_root
 
-chdir_repo_root()
-
-from prpg import report  # noqa: E402
-from prpg.core.params import parse_group  # noqa: E402
+chdir_repo_root()  # JupyterLab starts the kernel in notebooks/ (the stage runner: at the repo root)
+fill_empty_groups(globals())  # run interactively, nothing injected: the groups come from params.yaml
 
 common_p = parse_group("common", common)
 FIG = "reports/figures"

@@ -375,3 +375,47 @@ def test_filter_instance_end_to_end(tmp_path, localize):
     assert len(rows) == summary["attempts"] and summary["config"]["localize"] == localize
     if localize == "none":
         assert summary["kept"] == 3 and all(r["box"] == "0 0 64 48" for r in rows)
+
+
+def test_candidate_images_are_the_files_then_fresh_samples_up_to_the_attempt_cap(tmp_path):
+    from prpg.filter.candidates import candidate_images
+
+    files = []
+    for k, color in enumerate((RED, GREEN, BLUE)):
+        Image.new("L", (4, 4), color[0]).save(tmp_path / f"{k}.png")
+        files.append(tmp_path / f"{k}.png")
+    started = []
+
+    def more():
+        started.append(True)
+        while True:
+            yield Image.new("RGB", (4, 4), ORANGE)
+
+    first_two = list(candidate_images(files, more(), max_attempts=2))
+    assert [im.getpixel((0, 0)) for im in first_two] == [(230, 230, 230), (20, 20, 20)]  # converted to RGB
+    assert not started  # the sampler (a generator to load) is untouched while files remain
+    five = list(candidate_images(files, more(), max_attempts=5))
+    assert [im.getpixel((0, 0)) for im in five][2:] == [(20, 20, 20), ORANGE, ORANGE]
+    assert len(list(candidate_images(files, max_attempts=10))) == 3  # no sampling: the files only
+
+
+def test_personalized_samples_load_the_generator_only_when_asked(monkeypatch):
+    from prpg.core.configs import SynthesizeConfig
+    from prpg.filter import candidates
+
+    calls = []
+    monkeypatch.setattr(candidates, "load_generator", lambda g, device: calls.append(("base", g, device)) or "base")
+    monkeypatch.setattr(candidates, "load_personalized",
+                        lambda base, path: calls.append(("personalized", base, path)) or "pipe")
+
+    def fake_stream(pipe, cfg, instance, category, seed):
+        calls.append(("sample", pipe, instance, category, seed))
+        return itertools.repeat(Image.new("RGB", (4, 4), RED))
+
+    monkeypatch.setattr(candidates, "sample_stream", fake_stream)
+    samples = candidates.personalized_samples("models/toybox/generator", "outputs/personalize/mug_06", SynthesizeConfig(),
+                                              "mug_06", "mug", seed=3, device="cpu")
+    assert calls == []
+    assert next(samples).getpixel((0, 0)) == RED
+    assert calls == [("base", "models/toybox/generator", "cpu"),
+                     ("personalized", "base", "outputs/personalize/mug_06"), ("sample", "pipe", "mug_06", "mug", 3)]

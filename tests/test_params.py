@@ -73,3 +73,38 @@ def test_a_local_model_folder_must_live_under_models(tmp_path, monkeypatch):
     assert parse_group("models", {"generator": "org/hub-id@v1"}).generator == "org/hub-id@v1"  # a hub id
     with pytest.raises(ParamsError, match="models.generator.*outside models/"):
         parse_group("models", {"generator": "elsewhere"})
+
+
+def test_fill_empty_groups_fills_only_the_declared_empty_groups_from_the_repo_params(tmp_path, monkeypatch):
+    from prpg.core.params import fill_empty_groups
+
+    (tmp_path / "dvc.yaml").write_text("stages: {}\n")
+    (tmp_path / "params.yaml").write_text("common: {seed: 3}\nmodels: {backbone: toybox}\nfilter: {n_keep: 7}\n")
+    (tmp_path / "notebooks").mkdir()
+    monkeypatch.chdir(tmp_path / "notebooks")  # JupyterLab's kernel cwd: the repo root is found above it
+    namespace = {"common": {}, "models": {"backbone": "injected"}, "filter": {}, "train": {}, "other": {},
+                 "instance": "mug_06"}
+    assert fill_empty_groups(namespace) == ["common", "filter"]
+    assert namespace["common"] == {"seed": 3} and namespace["filter"] == {"n_keep": 7}
+    assert namespace["models"] == {"backbone": "injected"}  # injected by the runner: kept
+    assert namespace["train"] == {}  # not in params.yaml: the group's defaults (parse_group) apply
+    assert namespace["other"] == {} and namespace["instance"] == "mug_06"  # not params groups
+
+
+def test_fill_empty_groups_reads_nothing_when_every_group_was_injected(tmp_path):
+    from prpg.core.params import fill_empty_groups
+
+    namespace = {"common": {"seed": 1}}
+    assert fill_empty_groups(namespace, tmp_path / "missing.yaml") == []
+    with pytest.raises(ParamsError, match="missing.yaml: not found"):
+        fill_empty_groups({"common": {}}, tmp_path / "missing.yaml")
+
+
+def test_fill_empty_groups_gives_the_repo_params_yaml_values():
+    from prpg.core.params import fill_empty_groups
+
+    namespace = {"common": {}, "run": {}}
+    fill_empty_groups(namespace, ROOT / "params.yaml")
+    params = load_params(ROOT / "params.yaml")
+    assert parse_group("common", namespace["common"]) == params["common"]
+    assert parse_group("run", namespace["run"]) == params["run"]

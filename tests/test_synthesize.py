@@ -157,6 +157,26 @@ def test_negatives_are_made_once_per_category(pipe, tmp_path, monkeypatch):
     assert calls[2:] == ["negatives mug", "negatives mug"] and len(pngs(mug)) == 4
 
 
+def test_category_backgrounds_are_generated_only_when_cut_and_paste_uses_them(tmp_path, monkeypatch):
+    made = []
+
+    def fake_generate(pipe, category, root, cfg, seed, instances):
+        made.append((category, root, seed, tuple(instances)))
+        (root / category).mkdir(parents=True)
+        for name in ("0001.png", "0000.png"):
+            (root / category / name).write_bytes(b"")
+        return root / category
+
+    monkeypatch.setattr(syn, "generate_backgrounds", fake_generate)
+    generated = syn.category_backgrounds("pipe", "mug", tmp_path / "bg", CutPasteConfig(backgrounds="both"), seed=2,
+                                         instances=["mug_01"])
+    assert generated == [tmp_path / "bg/mug/0000.png", tmp_path / "bg/mug/0001.png"]
+    assert made == [("mug", tmp_path / "bg", 2, ("mug_01",))]
+    assert syn.category_backgrounds("pipe", "shoe", tmp_path / "bg", CutPasteConfig(backgrounds="real"), seed=2) == []
+    assert (tmp_path / "bg/shoe").is_dir() and not any((tmp_path / "bg/shoe").iterdir())  # the stage's output
+    assert len(made) == 1
+
+
 # ----------------------------------------------------------------------------- cut and paste
 
 

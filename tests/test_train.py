@@ -438,3 +438,21 @@ def test_toybox_training_increases_the_instance_separation(toybox_world, tmp_pat
     before, after = separation(base), separation(load_personalized(base, tmp_path / "run"))
     print(f"toybox mug_06 separation: {before:.3f} -> {after:.3f}")
     assert after > before + 0.05, (before, after)
+
+
+def test_positive_sets_read_each_source_where_its_stage_writes(tmp_path, monkeypatch):
+    from prpg.train.triplets import positive_sets
+
+    monkeypatch.chdir(tmp_path)  # POSITIVE_SOURCES are relative to the repository root
+    for folder, names in (("outputs/filtered/mug_06/kept", ["10.png", "2.png"]),
+                          ("outputs/synthetic/mug_06/cut_paste", ["0.png", "notes.txt"]),
+                          ("outputs/filtered/mug_07/kept", ["0.png"])):
+        Path(folder).mkdir(parents=True)
+        for name in names:
+            (Path(folder) / name).write_bytes(b"")
+    real = ["data/train/mug_06/a.jpg"]
+    sets = positive_sets(["dreambooth_filtered", "real", "cut_paste", "dreambooth"], "mug_06", real)
+    assert sets == {"dreambooth_filtered": [Path("outputs/filtered/mug_06/kept/2.png"),
+                                            Path("outputs/filtered/mug_06/kept/10.png")],
+                    "real": real, "cut_paste": [Path("outputs/synthetic/mug_06/cut_paste/0.png")],
+                    "dreambooth": []}  # not synthesized: no positives from it

@@ -401,7 +401,6 @@ def test_shipped_encoder_probe_reproduces_its_card():
     """The category probe of the card (val instances, objects), recomputed from the shipped encoder and
     the default toybox world; the gate (>= 0.90) itself is checked in the next test."""
     from prpg.data import load_dataset
-    from prpg.data.images import load_mask, mask_to_box
     from prpg.core.models import load_backbone
     from prpg.zoo.encoder import eval_transform
 
@@ -411,13 +410,10 @@ def test_shipped_encoder_probe_reproduces_its_card():
     pool, world = load_dataset(pool_root), load_dataset(world_root)
     enc, tf = load_backbone(SHIPPED / "encoder"), eval_transform(EncoderConfig())
 
-    def objects(records):
-        return [im.crop(mask_to_box(load_mask(r.mask_path))) for im, r in zip(gates.load_images(records), records, strict=True)]
-
     train = [r for s in ("train", "test") for r in pool.images(s)]
     val = [r for i in world.instances_in(split="val") for s in ("train", "test") for r in world.images(s, i.name)]
-    probe = gates.fit_category_probe(gates.embed(enc, objects(train), tf), [pool.instance(r.instance).category for r in train])
-    acc = gates.category_probe_accuracy(probe, gates.embed(enc, objects(val), tf), [world.instance(r.instance).category for r in val])
+    probe = gates.fit_category_probe(gates.embed(enc, gates.object_crops(train), tf), [pool.instance(r.instance).category for r in train])
+    acc = gates.category_probe_accuracy(probe, gates.embed(enc, gates.object_crops(val), tf), [world.instance(r.instance).category for r in val])
     card = _card_metrics("encoder")["category linear probe, val instances, objects (gate >= 0.90)"]
     assert acc == pytest.approx(card, abs=0.02)
 
@@ -431,3 +427,40 @@ GATES = [pytest.param("encoder", "category linear probe, val instances, objects 
 @pytest.mark.parametrize("sub, key, gate", GATES)
 def test_shipped_model_meets_its_gate(sub, key, gate):
     assert _card_metrics(sub)[key] >= gate
+
+
+@pytest.mark.parametrize("model", ["encoder", "generator"])
+def test_model_cards_rebuild_from_the_tracked_metrics(model, tmp_path):
+    """The committed cards are what the card functions make from params.yaml's pretrain group, each
+    model's training.json and reports/metrics/toybox_models.json (the pool: 5 categories x 150)."""
+    from prpg.core.params import load_params
+    from prpg.zoo.card import card_readme, encoder_card, generator_card, write_card
+
+    params = load_params(ROOT / "params.yaml")
+    p, seed = params["pretrain"], params["common"].seed
+    measured = json.loads((ROOT / "reports/metrics/toybox_models.json").read_text())
+    training = json.loads((SHIPPED / model / "training.json").read_text())
+    card = (encoder_card(p, seed, training, 5 * params["data"].toybox.pool_per_category, measured)
+            if model == "encoder" else generator_card(p, seed, training, measured))
+    committed = json.loads((SHIPPED / model / "card.json").read_text())
+    size_mb = committed["facts"]["size on disk (MB)"]
+    assert card_readme(card, size_mb) == (SHIPPED / model / "README.md").read_text()
+    (tmp_path / "weights.bin").write_bytes(b"\0" * 1_500_000)
+    readme = write_card(tmp_path, card)
+    assert "| size on disk (MB) | 1.5 |" in readme.read_text()
+    written = json.loads((tmp_path / "card.json").read_text())
+    assert written["metrics"] == committed["metrics"]
+    assert {**written["facts"], "size on disk (MB)": size_mb} == committed["facts"]
+
+
+def test_object_crops_cut_each_image_to_its_mask_box(tmp_path):
+    from prpg.data import load_dataset
+    from tests.conftest import box_for, make_pods_tree
+
+    ds = load_dataset(make_pods_tree(tmp_path / "pods"))
+    records = ds.images("train")[:3]
+    crops = gates.object_crops(records)
+    for crop, record in zip(crops, records, strict=True):
+        x0, y0, x1, y1 = box_for(int(Path(record.path).stem))
+        assert crop.size == (x1 - x0, y1 - y0)
+        assert crop.tobytes() == gates.load_images([record])[0].crop((x0, y0, x1, y1)).tobytes()

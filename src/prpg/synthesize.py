@@ -267,6 +267,19 @@ def generate_backgrounds(frozen_pipe, category: str, backgrounds_root: Path, cfg
     return _shared(frozen_pipe, "backgrounds", category, prompts, folder, seed, settings)
 
 
+def category_backgrounds(frozen_pipe, category: str, backgrounds_root: str | Path, cfg: CutPasteConfig,
+                         seed: int, instances: Sequence[str] = ()) -> list[Path]:
+    """The category's generated backgrounds (generate_backgrounds) when cut-and-paste uses them
+    (`backgrounds`: generated or both); otherwise none, and an empty backgrounds_root/<category>/, which
+    the priors stage's DVC output needs to exist."""
+    if cfg.backgrounds in ("generated", "both"):
+        folder = generate_backgrounds(frozen_pipe, category, Path(backgrounds_root), cfg, seed=seed, instances=instances)
+        return sorted(folder.glob("*.png"))
+    with atomic_dir(Path(backgrounds_root) / category):
+        pass
+    return []
+
+
 def real_background_paths(ds, instance: str, source: str = "other_categories") -> list[Path]:
     """Train images of other instances (of other categories, by default): real scenes without `instance`."""
     category = ds.instance(instance).category

@@ -314,3 +314,24 @@ def resolve_device(device: str) -> str:
     if device == "cuda" and not torch.cuda.is_available():
         raise ParamsError("common.device is 'cuda' but no CUDA device is available; set common.device: cpu or auto")
     return device
+
+
+def fill_empty_groups(namespace: dict[str, Any], params_file: str | Path | None = None) -> list[str]:
+    """A notebook's parameters cell declares each params group it reads as an empty dict; `dvc repro`
+    injects the groups from params.yaml. Run interactively (nothing injected), fill every still-empty
+    group of `namespace` (a notebook's `globals()`) from the repository's params.yaml, so that values
+    come from params.yaml alone. Injected groups are left as they are. Returns the names filled."""
+    from prpg.core.paths import repo_root
+
+    empty = [name for name in GROUPS if namespace.get(name) == {}]
+    if not empty:
+        return []
+    path = Path(params_file) if params_file is not None else repo_root() / "params.yaml"
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except FileNotFoundError:
+        raise ParamsError(f"{path}: not found; run from inside the repository") from None
+    filled = [name for name in empty if raw.get(name)]
+    for name in filled:
+        namespace[name] = raw[name]
+    return filled

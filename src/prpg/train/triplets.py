@@ -55,6 +55,16 @@ def _paths(items: Iterable) -> list[str]:
     return [Path(p).as_posix() for p in items]
 
 
+def positive_sets(sources: Iterable[str], instance: str, real: Sequence) -> dict[str, list]:
+    """The positives of `instance` from each source, read from where that source's stage writes them
+    (prpg.core.params.POSITIVE_SOURCES); the "real" source is the real train images `real` themselves."""
+    from prpg.core.params import POSITIVE_SOURCES
+    from prpg.data.dataset import list_images
+
+    return {s: list(real) if s == REAL_SOURCE else list_images(Path(POSITIVE_SOURCES[s].format(instance=instance)))
+            for s in sources}
+
+
 def select_positives(synthetic: Mapping[str, Sequence] | Sequence, real: Sequence, num_synthetic: int | None,
                      rng: np.random.Generator) -> list[tuple[str, str]]:
     """(source, path) of the kept positives: all sources pooled (sources in sorted order, paths as given,

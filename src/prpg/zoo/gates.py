@@ -16,7 +16,7 @@ import torch
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import average_precision_score
 
-from prpg.data import Dataset, load_image
+from prpg.data import Dataset, load_image, load_mask, mask_to_box
 from prpg.zoo.encoder import embed
 from prpg.zoo.generator import CATEGORY_PROMPT, sample
 
@@ -28,6 +28,11 @@ def load_images(records, resolution: int | None = None) -> list:
 
     images = [load_image(r.path) for r in records]
     return images if resolution is None else [im.resize((resolution, resolution), Image.BOX) for im in images]
+
+
+def object_crops(records) -> list:
+    """Each image cropped to its mask's box: the object, as the filter's real crops (paper §1.3)."""
+    return [im.crop(mask_to_box(load_mask(r.mask_path))) for im, r in zip(load_images(records), records, strict=True)]
 
 
 def usual_pose(records) -> list:

@@ -20,8 +20,8 @@ on stderr (the cell, the exception, where the full traceback is) and exit code 1
 stays in the executed notebook and in `<output stem>.log` next to it, with every cell's stdout/stderr.
 
 What it prints. The log (`<output stem>.log`, rewritten by every run) holds everything the cells wrote:
-their prints, warnings, progress bars. The terminal gets the last lines the cells printed to stdout (at
-most SHOWN_LINES, each cut to SHOWN_WIDTH characters), after `prpg: ` so that `prpg repro` can show them
+their prints, warnings, progress bars. The terminal gets the last line the cells printed to stdout (SHOWN_LINES,
+cut to SHOWN_WIDTH characters), after `prpg: ` so that `prpg repro` can show them
 under the stage's progress line; warnings and progress bars (stderr) stay in the log.
 """
 
@@ -45,7 +45,9 @@ from pathlib import Path
 import yaml
 
 KERNEL = {"name": "python3", "display_name": "Python 3", "language": "python"}
-SHOWN_LINES = 2  # the cells' last stdout lines printed on the terminal (all of them are in the log)
+# The cells' last stdout lines printed on the terminal (all of them are in the log). One: `make demo` runs
+# 32 stages, and its whole output (a line per stage, this line under it, the summary) fits 80 lines.
+SHOWN_LINES = 1
 SHOWN_WIDTH = 100
 SHOWN_PREFIX = "prpg: "  # marks those lines in DVC's output (prpg.runs.repro indents them under the stage)
 # With this environment variable set to a folder, each stage also writes <folder>/<output stem>.json:

@@ -22,8 +22,8 @@ CUDA_VISIBLE_DEVICES=<one id> from a pool: a group takes a free id and returns i
 two running groups share a GPU; steps 1 and 4 get the first id.
 
 What it prints: one line per stage that ran, `[k/N] filter@mug_06  12.3 s` (N: the pipeline's stages; a
-stage that did not change counts, silently), with the lines the stage's notebook printed last (the
-notebook runner's `prpg: ` lines, prpg.core.notebook) indented under it, and a closing line. DVC's output
+stage that did not change counts, silently), with the line the stage's notebook printed last (the
+notebook runner's `prpg: ` line, prpg.core.notebook) indented under it, and a closing line. DVC's output
 is read line by line (`Running stage`, `didn't change`, lock-file updates) to draw those lines; anything
 else it or a stage prints (warnings, errors) passes through as it is. Every stage's full output is in its
 log, `<executed notebook>.log` (outputs/executed/...).
@@ -241,8 +241,8 @@ def repro(jobs: int = 3, cwd: Path = Path("."), params_file: Path = Path("params
     run_groups(p.chains, jobs, cwd, progress, gpus)
     _dvc([], cwd, single=False, progress=progress, gpu=first)
     ran = len(progress.ran)
-    print(f"prpg repro: done in {time.perf_counter() - t0:.0f} s ({jobs} at a time): {ran} stage(s) ran, "
-          f"{len(names) - ran} up to date; each stage's full output: outputs/executed/**/*.log", flush=True)
+    print(f"prpg repro: {ran} stage(s) ran, {len(names) - ran} up to date, in {time.perf_counter() - t0:.0f} s "
+          f"({jobs} at a time); full logs: outputs/executed/**/*.log", flush=True)
     if has_remote(cwd):
         print("prpg repro: `dvc push` sends the new outputs to the remote", flush=True)
 

@@ -46,7 +46,7 @@ import yaml
 
 KERNEL = {"name": "python3", "display_name": "Python 3", "language": "python"}
 # The cells' last stdout lines printed on the terminal (all of them are in the log). One: `make demo` runs
-# 32 stages, and its whole output (a line per stage, this line under it, the summary) fits 80 lines.
+# 33 stages, and its whole output (a line per stage, this line under it, the summary) fits 80 lines.
 SHOWN_LINES = 1
 SHOWN_WIDTH = 100
 SHOWN_PREFIX = "prpg: "  # marks those lines in DVC's output (prpg.runs.repro indents them under the stage)
@@ -237,19 +237,21 @@ def raw_parameters(parameters: dict) -> dict:
 class _StdoutTee:
     """papermill's stdout_file: the cells' stdout into the log, as it arrives, and kept for the terminal."""
 
+    KEEP = 1 << 16  # characters of the latest stdout kept for the terminal (a stage may print a lot)
+
     def __init__(self, log_file) -> None:
-        self.log_file, self.text = log_file, []
+        self.log_file, self.tail = log_file, ""
 
     def write(self, content: str) -> None:
         self.log_file.write(content)
-        self.text.append(content)
+        self.tail = (self.tail + content)[-self.KEEP:]
 
     def flush(self) -> None:
         self.log_file.flush()
 
     def last_lines(self, n: int = SHOWN_LINES, width: int = SHOWN_WIDTH) -> list[str]:
         """The last n non-blank lines printed (a progress bar's carriage returns: its last state), cut to width."""
-        lines = [_ANSI.sub("", line.rsplit("\r", 1)[-1]).rstrip() for line in "".join(self.text).split("\n")]
+        lines = [_ANSI.sub("", line.rsplit("\r", 1)[-1]).rstrip() for line in self.tail.split("\n")]
         lines = [line for line in lines if line.strip()][-n:] if n > 0 else []
         return [line if len(line) <= width else line[: width - 1] + "…" for line in lines]
 

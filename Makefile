@@ -38,9 +38,11 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 # 3 on 2 cores: the demo's 5 instance chains run as 3 then 2, both cores busy to the end (measured:
 # pipeline 536 s at 3, 576 s at 2, 705 s one stage at a time).
 JOBS ?= 3
+# It prints one line per stage and ends with the pretrained-vs-personalized table (prpg summary, from
+# reports/metrics/evaluate.json) and the report's path; each stage's full output is in its .log.
 demo: install
 	prpg repro --jobs $(JOBS)
-	dvc metrics show
+	prpg summary
 
 test: install
 	python -m pytest

@@ -33,7 +33,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from prpg.aggregate import aggregate
+from prpg.aggregate import aggregate, headline
 from prpg.core.atomic import write_json_atomic, write_text_atomic
 from prpg.core.params import fill_empty_groups, parse_group
 from prpg.core.paths import chdir_repo_root
@@ -46,7 +46,7 @@ common_p = parse_group("common", common)
 run_p = parse_group("run", run)
 results = [json.loads(Path(f"outputs/evaluate/{name}/metrics.json").read_text()) for name in run_p.instances]
 splits = pd.Series([r["instance_split"] for r in results]).value_counts().to_dict()
-print(f"{len(results)} instances: {splits}")
+splits
 
 # %% [markdown]
 # ## Mean over instances (test instances when there are any; else every instance, flagged)
@@ -70,7 +70,7 @@ synthetic = positives[positives.source != REAL_SOURCE].groupby("instance").posit
 synthetic = synthetic.reindex(list(run_p.instances), fill_value=0)
 summary["synthetic_positives"] = {"mean": float(synthetic.mean()), "min": int(synthetic.min()),
                                   "instances_without": int((synthetic == 0).sum())}
-print(f"synthetic positives per instance: {synthetic.to_dict()}")
+synthetic.to_dict()
 rows = [{"instance": r["instance"], "category": r["category"], "instance_split": r["instance_split"],
          "test_split": split, "task": task, "model": model, "value": value}
         for r in results
@@ -78,11 +78,15 @@ rows = [{"instance": r["instance"], "category": r["category"], "instance_split":
         for task, by_model in tasks.items() for model, value in by_model.items()]
 Path("reports/metrics").mkdir(parents=True, exist_ok=True)
 write_json_atomic("reports/metrics/evaluate.json", summary)
+# The headline numbers (DVC's `metrics` of the pipeline: `dvc metrics show`, `dvc exp show`).
+write_json_atomic("reports/metrics/headline.json", headline(summary))
 write_text_atomic("reports/metrics/instances.csv", pd.DataFrame(rows).to_csv(index=False, float_format="%.6f"))
 write_text_atomic("reports/metrics/positives.csv", positives.to_csv(index=False))
 logs = [pd.read_csv(f"outputs/train/{name}/model/train_log.csv").assign(instance=name) for name in run_p.instances]
 train_log = pd.concat(logs)[["instance", "step", "epoch", "loss", "accuracy"]]
 write_text_atomic("reports/metrics/train_log.csv", train_log.to_csv(index=False, float_format="%.6f"))
+print(f"mean over {summary['n_instances']} of {len(results)} instances ({summary['instance_split']}); synthetic "
+      f"positives per instance: mean {synthetic.mean():.1f}, {int((synthetic == 0).sum())} without")
 table = pd.DataFrame(summary["metrics"]).T
 table["gain"] = table.get("personalized") - table.get("pretrained")
 table.round(3)

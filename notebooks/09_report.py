@@ -58,10 +58,12 @@ def figure(fig, name):
 # %%
 run = report.load_run(params={"dataset": common_p.dataset})
 s = run.summary
-print(f"{common_p.dataset}: {s['n_instances']} instances (instance_split {s.get('instance_split', '?')})")
-if sp := s.get("synthetic_positives"):  # what the personalized models trained on (08_aggregate)
-    print(f"synthetic positives per instance: mean {sp['mean']:.1f}, min {sp['min']}; "
-          f"{sp['instances_without']} instance(s) without any (trained on their real photos instead)")
+# What the personalized models trained on (08_aggregate): an instance without synthetic positives trained on
+# its real photos instead.
+sp = s.get("synthetic_positives")
+print(f"{common_p.dataset}: {s['n_instances']} {s.get('instance_split', '?')} instances" + (
+    f"; synthetic positives per instance: mean {sp['mean']:.1f}, min {sp['min']}, {sp['instances_without']} without"
+    if sp else ""))
 show(report.run_table(s), "run_summary", "Current run, every task")
 figure(report.plot_gains(s), "gains")
 

@@ -54,6 +54,7 @@ def _merge(base: dict, override: dict) -> dict:
 # outputs (models/toybox, reports/executed, toybox_models.json, its figures) are copied like a clone has them.
 REGENERATED = ("outputs/", "reports/tables/", "reports/report.html", "reports/figures/report_",
                "reports/figures/toybox_gallery.png", "reports/metrics/data.json", "reports/metrics/evaluate.json",
+               "reports/metrics/headline.json",
                "reports/metrics/instances.csv", "reports/metrics/positives.csv", "reports/metrics/train_log.csv",
                "reports/results/toybox-")
 

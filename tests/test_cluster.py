@@ -62,7 +62,7 @@ def test_concurrent_chains_never_share_a_gpu_and_each_gets_exactly_one(monkeypat
     seen: list[tuple[tuple[str, ...], str]] = []
     overlap, peak = [], []
 
-    def fake_run(cmd, cwd, env):
+    def fake_run(cmd, cwd, env, progress, gpu_arg):
         gpu = env["CUDA_VISIBLE_DEVICES"]
         with lock:
             overlap.extend([gpu] if gpu in busy else [])
@@ -72,11 +72,11 @@ def test_concurrent_chains_never_share_a_gpu_and_each_gets_exactly_one(monkeypat
         time.sleep(0.02)  # long enough for the other workers to start beside it
         with lock:
             busy.discard(gpu)
-        return subprocess.CompletedProcess(cmd, 0)
+        return 0
 
-    monkeypatch.setattr(repro.subprocess, "run", fake_run)
+    monkeypatch.setattr(repro, "_run_dvc", fake_run)
     groups = [(f"personalize@i{i}", f"evaluate@i{i}") for i in range(12)]
-    repro.run_groups(groups, 3, tmp_path, "instance", gpus=("0", "1", "2"))
+    repro.run_groups(groups, 3, tmp_path, gpus=("0", "1", "2"))
     assert overlap == [] and max(peak) > 1  # chains did run side by side, never two on one GPU
     assert sorted(g for g, _ in seen) == sorted(groups)  # every chain ran once, with one GPU id
     assert {gpu for _, gpu in seen} <= {"0", "1", "2"}
@@ -87,8 +87,7 @@ def test_repro_with_gpus_pins_every_dvc_call_and_checks_jobs(monkeypatch, tmp_pa
                                           "  instances: {mug_06: {category: mug}, shoe_06: {category: shoe}, shoe_07: {category: shoe}}\n")
     monkeypatch.setattr(repro, "stage_names", lambda cwd: NAMES)
     calls = []
-    monkeypatch.setattr(repro.subprocess, "run", lambda cmd, cwd, env: calls.append((cmd, env)) or
-                        subprocess.CompletedProcess(cmd, 0))
+    monkeypatch.setattr(repro, "_run_dvc", lambda cmd, cwd, env, progress, gpu: calls.append((cmd, env)) or 0)
     repro.repro(2, cwd=tmp_path, gpus=("3", "7"))
     assert calls[0][0][3:] == ["data"] and calls[0][1]["CUDA_VISIBLE_DEVICES"] == "3"  # head: the first GPU
     assert calls[-1][0][3:] == [] and calls[-1][1]["CUDA_VISIBLE_DEVICES"] == "3"  # final dvc repro
@@ -103,16 +102,16 @@ def test_repro_with_gpus_pins_every_dvc_call_and_checks_jobs(monkeypatch, tmp_pa
 
 def test_without_gpus_dvc_gets_no_env(monkeypatch, tmp_path):
     calls = []
-    monkeypatch.setattr(repro.subprocess, "run", lambda cmd, cwd: calls.append(cmd) or
-                        subprocess.CompletedProcess(cmd, 0))  # no env= keyword: the old call, unchanged
-    repro.run_groups([("a",), ("b",)], 2, tmp_path, "instance")
+    monkeypatch.setattr(repro, "_run_dvc", lambda cmd, cwd, env, progress, gpu:
+                        calls.append(cmd) or (env is None and gpu is None and 0))  # no env: inherited, unchanged
+    repro.run_groups([("a",), ("b",)], 2, tmp_path)
     assert sorted(calls) == [[*repro.DVC, "-s", "a"], [*repro.DVC, "-s", "b"]]
 
 
 def test_a_failing_chain_on_a_gpu_says_how_to_rerun_it_there(monkeypatch, tmp_path):
-    monkeypatch.setattr(repro.subprocess, "run", lambda cmd, cwd, env: subprocess.CompletedProcess(cmd, 1))
+    monkeypatch.setattr(repro, "_run_dvc", lambda cmd, cwd, env, progress, gpu: 1)
     with pytest.raises(repro.ReproError, match=r"re-run them alone with: CUDA_VISIBLE_DEVICES=5 dvc"):
-        repro.run_groups([("personalize@a",)], 1, tmp_path, "instance", gpus=("5",))
+        repro.run_groups([("personalize@a",)], 1, tmp_path, gpus=("5",))
 
 
 # ---- --parts, part steps -------------------------------------------------------------------------

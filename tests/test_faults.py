@@ -144,7 +144,7 @@ def test_a_leftover_temp_dir_is_not_part_of_any_dvc_hash(tmp_path):
 
 # --- kill -9 of `dvc repro` mid-stage, on the micro pipeline -------------------------------------------
 
-TRACKED = ("reports/metrics/evaluate.json", "reports/metrics/instances.csv", "reports/metrics/positives.csv",
+TRACKED = ("reports/metrics/evaluate.json", "reports/metrics/headline.json", "reports/metrics/instances.csv", "reports/metrics/positives.csv",
            "reports/metrics/train_log.csv", "reports/metrics/data.json")
 
 

@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from prpg.core.notebook import load_parameters, main
+from prpg.core.notebook import SHOWN_LINES, SHOWN_PREFIX, SHOWN_WIDTH, load_parameters, main
 
 NOTEBOOK = '''# %% tags=["parameters"]
 common = {}
@@ -49,7 +49,7 @@ def test_a_failing_cell_fails_the_run_with_one_short_message(tmp_path):
     (tmp_path / "nb.py").write_text('# %% tags=["parameters"]\nx = 1\n')
     subprocess.run([sys.executable, "-m", "prpg.core.notebook", "nb.py", "out/done.ipynb"], cwd=tmp_path, check=True,
                    capture_output=True)
-    assert not (tmp_path / "out/done.log").exists()  # a later success leaves no stale failure log
+    assert "boom" not in (tmp_path / "out/done.log").read_text()  # a later success rewrites the log
 
 
 def test_a_dead_kernel_is_one_message_too(tmp_path):
@@ -89,3 +89,52 @@ def test_stage_stats_measure_wall_time_and_peak_memory(tmp_path):
     assert 0 <= stats["cpu_seconds"] <= stats["wall_seconds"] * 4
     executed = json.loads((tmp_path / "out/07_evaluate/mug_06.ipynb").read_text())
     assert "prpg-stats" in executed["cells"][-1]["metadata"]["tags"]
+
+
+CHATTY = """# %% tags=["parameters"]
+common = {"seed": 0,
+          "device": "cpu"}  # a default over two lines
+filter = {}  # noqa: A001
+instance = "x"
+unused: int = 3
+
+# %%
+import warnings
+from tqdm.auto import tqdm
+for _ in tqdm(range(3)):
+    pass
+warnings.warn("careful")
+print("step one")
+print("kept", len(filter), "of", common["seed"], "for", instance)
+print("x" * 300)
+"""
+
+
+def test_only_the_declared_params_groups_are_injected_and_the_terminal_gets_the_last_prints(tmp_path):
+    (tmp_path / "nb.py").write_text(CHATTY)
+    (tmp_path / "params.yaml").write_text("common:\n  seed: 3\nfilter:\n  a: 1\n  b: 2\ntrain:\n  lr: 0.1\n"
+                                          "evaluate:\n  k: 1\n")
+    proc = subprocess.run([sys.executable, "-m", "prpg.core.notebook", "nb.py", "out/x.ipynb", "-f", "params.yaml",
+                           "-r", "instance", "mug_06"], cwd=tmp_path, check=True, capture_output=True, text=True)
+    executed = json.loads((tmp_path / "out/x.ipynb").read_text())
+    injected = "".join(next(c for c in executed["cells"]
+                            if "injected-parameters" in c["metadata"].get("tags", []))["source"])
+    assert "common = " in injected and "filter = " in injected and 'instance = "mug_06"' in injected
+    assert "train" not in injected and "evaluate" not in injected  # params groups the notebook does not declare
+    # Nothing but the cells' last stdout line(s), cut to the width; no warnings, no progress bar.
+    assert proc.stderr == ""
+    assert proc.stdout.splitlines() == [f"{SHOWN_PREFIX}kept 2 of 3 for mug_06",
+                                        f"{SHOWN_PREFIX}{'x' * (SHOWN_WIDTH - 1)}…"][-SHOWN_LINES:]
+    log = (tmp_path / "out/x.log").read_text()  # the full output stays in the log
+    assert "step one" in log and "careful" in log and "3/3" in log and "x" * 300 in log
+    assert "TqdmWarning" not in log and "IProgress" not in log  # tqdm.auto takes the text bar in the kernel
+
+
+def test_a_raw_parameter_the_notebook_does_not_declare_is_one_clear_error(tmp_path):
+    (tmp_path / "nb.py").write_text('# %% tags=["parameters"]\ncommon = {}\n\n# %%\nprint(1)\n')
+    with pytest.raises(SystemExit, match=r"nb.py: -r instance is given but its parameters cell declares no "
+                                         r"`instance`; add `instance = ...`"):
+        main([str(tmp_path / "nb.py"), str(tmp_path / "out.ipynb"), "-r", "instance", "mug_06"])
+    (tmp_path / "bad.py").write_text('# %% tags=["parameters"]\ncommon = {\n')
+    with pytest.raises(SystemExit, match=r"bad.py: its parameters cell is not valid Python"):
+        main([str(tmp_path / "bad.py"), str(tmp_path / "out.ipynb")])

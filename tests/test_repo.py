@@ -3,7 +3,6 @@ papermill conventions, and the README's two commands are what CI and users run."
 
 from __future__ import annotations
 
-import ast
 import re
 import tomllib
 from pathlib import Path
@@ -14,6 +13,8 @@ import yaml
 from packaging.requirements import Requirement
 from packaging.specifiers import SpecifierSet
 from packaging.version import Version
+
+from prpg.core.notebook import declared_parameters
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -94,8 +95,7 @@ def _parameters_cell_names(nb_path: Path) -> set[str]:
     nb = jupytext.read(nb_path)
     cells = [c for c in nb.cells if "parameters" in c.metadata.get("tags", [])]
     assert len(cells) == 1, f"{nb_path}: needs exactly one cell tagged parameters, found {len(cells)}"
-    tree = ast.parse(cells[0].source)
-    return {t.id for node in tree.body if isinstance(node, ast.Assign) for t in node.targets if isinstance(t, ast.Name)}
+    return declared_parameters(nb_path, nb)  # what the runner injects
 
 
 RUNNER = re.compile(r"python -m prpg\.core\.notebook (\S+) (\S+)((?: -[fr] [^;&]+?)*)\s*(?:[;&]|$)")

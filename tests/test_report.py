@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import shutil
 import uuid
 from pathlib import Path
@@ -402,6 +403,11 @@ def test_notebook_runs_on_tracked_files(tmp_path):
     assert "Pose" in (repo / "reports/tables/run_splits.md").read_text()
     html = report.export_html(tmp_path / "09_report.ipynb", tmp_path / "report.html")
     assert "Main table" in html.read_text() and "45.0 ± 5.0" in html.read_text()
+    # Offline: no script, stylesheet or image is loaded from the network (figures are embedded PNGs).
+    loads = re.findall(r"""\b(?:src|href)\s*=\s*["']?([^"'\s>]+)""", html.read_text(), re.IGNORECASE)
+    assert loads and not [u for u in loads if "http" in u or u.startswith("//")], loads
+    assert "<img" in html.read_text() and all(u.startswith(("data:", "#")) for u in loads), loads
+    assert "cdnjs" not in html.read_text() and report.remote_resources(html.read_text()) == []
     # A re-run draws new random cell ids (jupytext, papermill); the committed page must not change.
     nb = nbformat.read(str(tmp_path / "09_report.ipynb"), as_version=4)
     for cell in nb.cells:
@@ -428,3 +434,12 @@ def test_notebook_runs_without_results_or_splits(tmp_path, monkeypatch, capsys):
     splits = pd.read_csv(repo / "reports/tables/run_splits.csv", index_col="row")
     assert list(splits.columns) == ["task", "model", "All", "All ±"]
     assert "no rows" in (repo / "reports/tables/main_table.md").read_text()
+
+
+def test_remote_resources_finds_what_a_page_would_load_from_the_network():
+    page = ('<script src="https://cdn.example/require.js"></script><link href=\'//cdn.example/a.css\'>'
+            '<style>/* see https://example.org */ .x { background: url("http://cdn.example/bg.png") }</style>'
+            '<script type="module">await import("https://cdn.example/mermaid.mjs")</script>'
+            '<a href="#cell-1">local</a><img src="data:image/png;base64,AAAA"> text https://example.org')
+    found = report.remote_resources(page)
+    assert len(found) == 4 and all("cdn.example" in f for f in found)

@@ -1,6 +1,6 @@
 """prpg repro: which stages run together, and a failure stops the run naming the stage."""
 
-import subprocess
+import io
 
 import pytest
 
@@ -35,15 +35,15 @@ def test_plan_leaves_unlisted_keys_to_the_final_repro():
 def test_a_failing_chain_stops_new_ones_and_names_its_stages(monkeypatch, tmp_path):
     calls = []
 
-    def fake_run(cmd, cwd):
+    def fake_run(cmd, cwd, env, progress, gpu):
         calls.append(cmd)
-        return subprocess.CompletedProcess(cmd, 1 if "personalize@b" in cmd else 0)
+        return 1 if "personalize@b" in cmd else 0
 
-    monkeypatch.setattr(repro.subprocess, "run", fake_run)
+    monkeypatch.setattr(repro, "_run_dvc", fake_run)
     groups = [("personalize@a", "evaluate@a"), ("personalize@b", "evaluate@b"), ("personalize@c",)]
     with pytest.raises(repro.ReproError, match=r"personalize@b evaluate@b failed.*dvc --wait-for-lock repro -s "
                                                r"personalize@b evaluate@b"):
-        repro.run_groups(groups, 1, tmp_path, "instance")
+        repro.run_groups(groups, 1, tmp_path)
     assert calls == [["dvc", "--wait-for-lock", "repro", "-s", *g] for g in groups[:2]]  # c never started
 
 
@@ -55,7 +55,61 @@ def test_jobs_must_be_positive():
 def test_a_bad_run_group_fails_before_any_dvc_call_naming_the_key(tmp_path, monkeypatch):
     from prpg.core.params import ParamsError
 
-    monkeypatch.setattr(repro.subprocess, "run", lambda *a, **k: pytest.fail("dvc called"))
+    monkeypatch.setattr(repro, "_run_dvc", lambda *a, **k: pytest.fail("dvc called"))
     (tmp_path / "params.yaml").write_text("run:\n  categories: [mug]\n  instances:\n    shoe_06: shoe\n")
     with pytest.raises(ParamsError, match="run.*shoe"):
         repro.repro(2, cwd=tmp_path)
+
+
+def test_the_head_runs_one_stage_at_a_time(monkeypatch, tmp_path):
+    """`dvc repro data zoo` in a fresh clone checks the frozen zoo's deps before data has run."""
+    (tmp_path / "params.yaml").write_text("run:\n  categories: [mug]\n  instances: {mug_06: {category: mug}}\n")
+    monkeypatch.setattr(repro, "stage_names", lambda cwd: NAMES)
+    calls = []
+    monkeypatch.setattr(repro, "_run_dvc", lambda cmd, cwd, env, progress, gpu: calls.append(cmd[3:]) or 0)
+    repro.repro(1, cwd=tmp_path)
+    assert calls[:2] == [["data"], ["zoo"]] and calls[-1] == []
+
+
+# What `dvc repro -s priors@mug personalize@mug_06` prints (DVC 3), stage output included.
+DVC_OUTPUT = """\
+Stage 'data' didn't change, skipping
+WARNING: stage: 'zoo' is frozen. Its dependencies are not going to be reproduced.
+Verifying outputs in frozen stage: 'zoo'
+Running stage 'priors@mug':
+> python -m prpg.core.notebook notebooks/02_priors.py 'outputs/executed/02_priors/mug.ipynb' -f params.yaml
+prpg: priors mug: 16 class images in 3.1 s
+Updating lock file 'dvc.lock'
+
+Running stage 'personalize@mug_06':
+> python -m prpg.core.notebook notebooks/03_personalize.py x.ipynb -f params.yaml -r instance mug_06
+prpg: DreamBooth loss 0.12
+notebooks/03_personalize.py, cell at line 40 failed: ValueError: boom
+full traceback: x.ipynb (that cell's output) and x.log
+ERROR: failed to reproduce 'personalize@mug_06': failed to run: python -m prpg.core.notebook ..., exited with 1
+Use `dvc push` to send your updates to remote storage.
+"""
+
+
+def test_progress_draws_one_line_per_stage_that_ran_and_passes_the_rest_through():
+    out = io.StringIO()
+    progress = repro.Progress(5, out=out)
+    progress.follow(io.StringIO(DVC_OUTPUT))
+    lines = out.getvalue().splitlines()
+    assert lines[0].startswith("[3/5] priors@mug  ") and lines[0].endswith(" s")  # data and zoo counted, unshown
+    assert lines[1] == repro.INDENT + "priors mug: 16 class images in 3.1 s"
+    assert lines[2].startswith("[4/5] personalize@mug_06  ") and lines[2].endswith(" s  failed")
+    assert lines[3:] == [repro.INDENT + "DreamBooth loss 0.12",
+                         repro.INDENT + "notebooks/03_personalize.py, cell at line 40 failed: ValueError: boom",
+                         repro.INDENT + "full traceback: x.ipynb (that cell's output) and x.log",
+                         "ERROR: failed to reproduce 'personalize@mug_06': failed to run: python -m "
+                         "prpg.core.notebook ..., exited with 1"]
+    assert progress.ran == ["priors@mug", "personalize@mug_06"] and progress.done == {"data", "zoo", *progress.ran}
+
+
+def test_has_remote_reads_the_repository_config(tmp_path):
+    (tmp_path / ".dvc").mkdir()
+    (tmp_path / ".dvc/config").write_text("[core]\n    autostage = true\n")
+    assert not repro.has_remote(tmp_path)
+    (tmp_path / ".dvc/config.local").write_text("['remote \"store\"']\n    url = /mnt/store\n")
+    assert repro.has_remote(tmp_path)

@@ -57,3 +57,21 @@ def aggregate(per_instance: Sequence[Mapping], instance_split: str | None = "tes
         "per_split": {s: mean(table) for s, table in per_split.items()},
         "n": {t: {m: len(v) for m, v in ms.items()} for t, ms in values.items()},
     }
+
+
+# The headline metrics file (reports/metrics/headline.json, the pipeline's DVC `metrics`): per task the
+# pretrained and personalized means and their difference, under short keys so that `dvc exp show` fits a
+# terminal. "ret" is retrieval NDCG, the paper's "Ret" column (prpg.report.HEADLINE_TASKS).
+HEADLINE = {"cls": "classification", "ret": "retrieval_ndcg", "det": "detection", "seg": "segmentation"}
+
+
+def headline(summary: Mapping, digits: int = 4) -> dict:
+    """{"n": instances, KEY: {"pre": mean, "per": mean, "gain": per - pre}} for each HEADLINE task that
+    `summary` (aggregate's result) holds for both models, rounded to `digits`."""
+    out: dict = {"n": int(summary["n_instances"])}
+    for key, task in HEADLINE.items():
+        means = summary["metrics"].get(task, {})
+        if "pretrained" in means and "personalized" in means:
+            pre, per = float(means["pretrained"]), float(means["personalized"])
+            out[key] = {"pre": round(pre, digits), "per": round(per, digits), "gain": round(per - pre, digits)}
+    return out

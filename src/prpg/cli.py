@@ -230,6 +230,13 @@ def _repro(args: argparse.Namespace) -> int:
     return 0
 
 
+def _summary(args: argparse.Namespace) -> int:
+    from prpg.runs.summary import summary_text
+
+    print(summary_text(args.metrics, args.report))
+    return 0
+
+
 def _rehearse(args: argparse.Namespace) -> int:
     from prpg.rehearsal.rehearse import rehearse
 
@@ -304,6 +311,12 @@ def build_parser() -> argparse.ArgumentParser:
     rp.set_defaults(func=_repro)
     add_cluster_parser(sub)
 
+    sm = sub.add_parser("summary", help="pretrained vs personalized per task (mean ± 95 %% CI) of the finished "
+                                        "run, from its tracked metrics (see prpg.runs.summary)")
+    sm.add_argument("--metrics", type=Path, default=Path("reports/metrics/evaluate.json"))
+    sm.add_argument("--report", type=Path, default=Path("reports/report.html"), help="the report path to print")
+    sm.set_defaults(func=_summary)
+
     rh = sub.add_parser("rehearse", help="run a paper experiment offline on random-weight models of its "
                                          "architectures (prpg.rehearsal)")
     rh.add_argument("name", help="a paper experiment, e.g. pods-dinov2_vitb14")
@@ -330,7 +343,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (ValueError, OSError, DownloadError, ReproError, RehearsalError) as err:  # our errors say what to do: no traceback
+    except (ValueError, OSError, DownloadError, ReproError, RehearsalError) as err:  # SummaryError: a ValueError  # our errors say what to do: no traceback
         print(f"prpg: error: {err}", file=sys.stderr)
         return 2
 

@@ -23,6 +23,7 @@ import argparse
 import io
 import json
 import math
+import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -767,16 +768,43 @@ def write_tables(df: pd.DataFrame, stem: str, out_dir: str | Path = TABLES_DIR, 
     return md_path, csv_path
 
 
+# nbconvert's lab template with its head scripts left out: require.js, MathJax, mermaid and the widget
+# manager all load from a CDN, and the report needs none of them (no widgets, math or diagrams; its
+# figures are embedded PNGs, its CSS is inline). The page then loads nothing from the network.
+_OFFLINE_TEMPLATE = """{%- extends 'lab/index.html.j2' -%}
+{%- block html_head_js -%}{%- endblock html_head_js -%}
+{%- block jupyter_widgets -%}{%- endblock jupyter_widgets -%}
+{%- block html_head_js_mathjax -%}{%- endblock html_head_js_mathjax -%}
+{%- block html_head_js_mermaidjs -%}{%- endblock html_head_js_mermaidjs -%}
+"""
+# A resource the page would load from elsewhere: a src/href/url() naming an http(s) address (links in
+# CSS comments and in the text are not loads).
+REMOTE_RESOURCE = re.compile(r"""(?:\b(?:src|href)\s*=\s*["']?|url\(\s*["']?|@import\s+["']|\bimport\(\s*["'])"""
+                             r"""(?:https?:)?//""", re.IGNORECASE)
+
+
+def remote_resources(html: str) -> list[str]:
+    """The places where the page would load something over the network (empty: it renders offline)."""
+    return [html[max(0, m.start() - 40): m.end() + 60] for m in REMOTE_RESOURCE.finditer(html)]
+
+
 def export_html(executed_ipynb: str | Path, out_html: str | Path) -> Path:
-    """The executed report notebook as one self-contained HTML page (nbconvert's HTMLExporter), atomic;
-    the same notebook outputs give the same bytes (cell ids numbered)."""
+    """The executed report notebook as one self-contained HTML page that renders offline (nbconvert's
+    HTMLExporter, _OFFLINE_TEMPLATE), atomic; the same notebook outputs give the same bytes (cell ids
+    numbered)."""
     import nbformat
+    from jinja2 import DictLoader
     from nbconvert import HTMLExporter
 
     nb = nbformat.read(str(executed_ipynb), as_version=4)
     for i, cell in enumerate(nb.cells):  # jupytext and papermill draw random cell ids: a re-run of the
         cell["id"] = f"cell-{i}"         # same report would rewrite the committed page
-    body, _ = HTMLExporter().from_notebook_node(nb)
+    exporter = HTMLExporter(extra_loaders=[DictLoader({"prpg_offline.html.j2": _OFFLINE_TEMPLATE})],
+                            template_file="prpg_offline.html.j2")
+    body, _ = exporter.from_notebook_node(nb)
+    if remote := remote_resources(body):
+        raise ReportError(f"{executed_ipynb}: its HTML export would load {len(remote)} resource(s) from the network, "
+                          f"first: ...{remote[0]}...; embed it (a figure: display a PNG) instead of linking it")
     return write_text_atomic(Path(out_html), body)
 
 

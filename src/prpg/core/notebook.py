@@ -5,8 +5,10 @@
 
 does what the two-command convention does (`jupytext --to ipynb --set-kernel python3` into build/,
 then `papermill <nb> <out> -k python3 --cwd . -f params.yaml -r instance mug_06 --log-output
---no-progress-bar`), with the same papermill engine and the same injected parameters: every
-top-level group of the params file as a dict, then each `-r NAME VALUE` as a string. One process
+--no-progress-bar`), with the same papermill engine. Injected: the names the notebook's `parameters`
+cell assigns at top level (`common = {}`, `instance = "mug_06"`), each set to the params file's group of
+that name (a dict) or to a `-r NAME VALUE` string; the file's other groups are left out (papermill would
+warn of each as an unknown parameter). One process
 instead of two: a trivial notebook takes 2.9 s end to end instead of 5.7 s (jupytext 3.1 s + papermill
 2.5 s, measured on 2 cores). Stopping the kernel at once instead of gracefully saved a further 43 s
 over the demo's 33 stage runs.
@@ -16,6 +18,11 @@ along (Linux parent-death signal on the runner and on the kernel, and a watch on
 so no orphan rewrites an output after DVC is gone. A failing cell ends the run with one short message
 on stderr (the cell, the exception, where the full traceback is) and exit code 1; the full traceback
 stays in the executed notebook and in `<output stem>.log` next to it, with every cell's stdout/stderr.
+
+What it prints. The log (`<output stem>.log`, rewritten by every run) holds everything the cells wrote:
+their prints, warnings, progress bars. The terminal gets the last line the cells printed to stdout (SHOWN_LINES,
+cut to SHOWN_WIDTH characters), after `prpg: ` so that `prpg repro` can show them
+under the stage's progress line; warnings and progress bars (stderr) stay in the log.
 """
 
 from __future__ import annotations
@@ -25,16 +32,24 @@ import ctypes
 import json
 import os
 import re
+import shutil
 import signal
 import sys
+import tempfile
 import threading
 import time
 import traceback
+from collections.abc import Sequence
 from pathlib import Path
 
 import yaml
 
 KERNEL = {"name": "python3", "display_name": "Python 3", "language": "python"}
+# The cells' last stdout lines printed on the terminal (all of them are in the log). One: `make demo` runs
+# 33 stages, and its whole output (a line per stage, this line under it, the summary) fits 80 lines.
+SHOWN_LINES = 1
+SHOWN_WIDTH = 100
+SHOWN_PREFIX = "prpg: "  # marks those lines in DVC's output (prpg.runs.repro indents them under the stage)
 # With this environment variable set to a folder, each stage also writes <folder>/<output stem>.json:
 # its wall time, the kernel's peak RSS and peak CUDA memory (what `prpg rehearse` reports).
 STATS_ENV = "PRPG_STAGE_STATS"
@@ -62,6 +77,13 @@ _KERNEL_BOOT = (
     f"    ctypes.CDLL(None).prctl({PR_SET_PDEATHSIG}, int(signal.SIGKILL), 0, 0, 0)\n"
     "    if str(os.getppid()) != os.environ.get('JPY_PARENT_PID', str(os.getppid())):\n"
     "        os._exit(1)  # the runner died before the prctl\n"
+    # tqdm.auto picks its widget bar inside a kernel and, without ipywidgets, warns (TqdmWarning) and falls
+    # back to the text bar. This kernel has no frontend to draw widgets: import tqdm.auto before IPython
+    # is loaded, so it settles on the text bar at once, silently (its output goes to the stage's log).
+    "try:\n"
+    "    import tqdm.auto\n"
+    "except ImportError:\n"
+    "    pass\n"
     "runpy.run_module('ipykernel_launcher', run_name='__main__', alter_sys=True)\n"
 )
 
@@ -104,10 +126,17 @@ def die_with_parent() -> None:
         threading.Thread(target=watch, name="prpg-parent-watch", daemon=True).start()
 
 
-def _kernel_manager_class():
+def _kernel_manager_class(ipc_prefix: str):
+    """The kernel talks to the runner over Unix sockets `<ipc_prefix>-<port>` (in a private temporary
+    folder), not over TCP on localhost: no open ports, and no "running over TCP without encryption" warning
+    from every kernel."""
     from jupyter_client.manager import AsyncKernelManager
 
     class StageKernelManager(AsyncKernelManager):
+        def __init__(self, **kwargs):
+            super().__init__(**kwargs)
+            self.transport, self.ip = "ipc", ipc_prefix
+
         def format_kernel_cmd(self, extra_arguments=None):
             cmd = super().format_kernel_cmd(extra_arguments)
             if cmd[1:3] == ["-m", "ipykernel_launcher"]:
@@ -167,13 +196,69 @@ def load_parameters(params_file: Path | None, raw: list[tuple[str, str]]) -> dic
     return params
 
 
+def declared_parameters(source: Path, nb) -> set[str]:
+    """The names the notebook's `parameters` cell assigns at top level (`common = {}`, `instance = "x"`),
+    whatever their default values; none without such a cell."""
+    import ast
+
+    names: set[str] = set()
+    for cell in nb.cells:
+        if cell.cell_type != "code" or "parameters" not in cell.metadata.get("tags", []):
+            continue
+        try:
+            tree = ast.parse(cell.source)
+        except SyntaxError as e:
+            raise SystemExit(f"{source}: its parameters cell is not valid Python ({e.msg}, line {e.lineno} of the "
+                             "cell); fix that cell") from None
+        for node in tree.body:
+            targets = node.targets if isinstance(node, ast.Assign) else [node.target] \
+                if isinstance(node, ast.AnnAssign) else []
+            names.update(t.id for t in targets if isinstance(t, ast.Name))
+    return names
+
+
+def injected_parameters(source: Path, nb, parameters: dict, raw: Sequence[str] = ()) -> dict:
+    """The parameters the notebook declares, from `parameters` (the params file's groups and the -r
+    values). A -r name (`raw`) the parameters cell does not declare is an error: the stage passes a value
+    the notebook would never read."""
+    declared = declared_parameters(source, nb)
+    missing = [name for name in raw if name not in declared]
+    if missing:
+        raise SystemExit(f"{source}: -r {missing[0]} is given but its parameters cell declares no `{missing[0]}`; "
+                         f"add `{missing[0]} = ...` to that cell (or drop -r {missing[0]} from the stage's cmd)")
+    return {k: v for k, v in parameters.items() if k in declared}
+
+
 def raw_parameters(parameters: dict) -> dict:
     """The string parameters (the foreach item: instance or category), not the params groups."""
     return {k: v for k, v in parameters.items() if isinstance(v, str)}
 
 
-def run(source: Path, output: Path, parameters: dict, cwd: str = ".") -> None:
-    """Execute the jupytext notebook `source` with papermill, writing the executed notebook to `output`."""
+class _StdoutTee:
+    """papermill's stdout_file: the cells' stdout into the log, as it arrives, and kept for the terminal."""
+
+    KEEP = 1 << 16  # characters of the latest stdout kept for the terminal (a stage may print a lot)
+
+    def __init__(self, log_file) -> None:
+        self.log_file, self.tail = log_file, ""
+
+    def write(self, content: str) -> None:
+        self.log_file.write(content)
+        self.tail = (self.tail + content)[-self.KEEP:]
+
+    def flush(self) -> None:
+        self.log_file.flush()
+
+    def last_lines(self, n: int = SHOWN_LINES, width: int = SHOWN_WIDTH) -> list[str]:
+        """The last n non-blank lines printed (a progress bar's carriage returns: its last state), cut to width."""
+        lines = [_ANSI.sub("", line.rsplit("\r", 1)[-1]).rstrip() for line in self.tail.split("\n")]
+        lines = [line for line in lines if line.strip()][-n:] if n > 0 else []
+        return [line if len(line) <= width else line[: width - 1] + "…" for line in lines]
+
+
+def run(source: Path, output: Path, parameters: dict, cwd: str = ".", raw: Sequence[str] = ()) -> None:
+    """Execute the jupytext notebook `source` with papermill, writing the executed notebook to `output`;
+    injected: the `parameters` its parameters cell declares (`raw`: the -r names, which it must declare)."""
     import jupytext  # here, not at module level: `--help` stays instant
     import nbformat
     import papermill
@@ -183,6 +268,7 @@ def run(source: Path, output: Path, parameters: dict, cwd: str = ".") -> None:
     nb = jupytext.read(source)
     nb.metadata["kernelspec"] = dict(KERNEL)  # what `jupytext --set-kernel python3` writes
     nb.metadata.setdefault("language_info", {"name": "python"})
+    parameters = injected_parameters(source, nb, parameters, raw)
     output.parent.mkdir(parents=True, exist_ok=True)
     # The kernel inherits this. OpenMP threads sleep instead of spinning when idle: a spinning torch
     # thread takes a core from the stage running beside it (prpg repro --jobs) and from DVC itself.
@@ -197,13 +283,16 @@ def run(source: Path, output: Path, parameters: dict, cwd: str = ".") -> None:
         stats_file.parent.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     log = log_path(output)
+    sockets = tempfile.mkdtemp(prefix="prpg-kernel-")
     with open(log, "w") as log_file:
+        stdout = _StdoutTee(log_file)
         try:
-            # Cell streams go to the log too (stdout_file / stderr_file), each as it arrives.
+            # Cell streams go to the log only (stdout_file / stderr_file), each as it arrives. No log_output:
+            # papermill would log every stderr chunk (warnings, progress bars) as a warning on the terminal.
             papermill.execute_notebook(nb, str(output), parameters=parameters, kernel_name=KERNEL["name"], cwd=cwd,
-                                       log_output=True, progress_bar=False, shutdown_kernel="immediate",
-                                       stdout_file=log_file, stderr_file=log_file,
-                                       kernel_manager_class=_kernel_manager_class())
+                                       log_output=False, progress_bar=False, shutdown_kernel="immediate",
+                                       stdout_file=stdout, stderr_file=log_file,
+                                       kernel_manager_class=_kernel_manager_class(f"{sockets}/kernel"))
         except Exception as e:
             from papermill.exceptions import PapermillExecutionError
 
@@ -212,13 +301,21 @@ def run(source: Path, output: Path, parameters: dict, cwd: str = ".") -> None:
                 log_file.write(_ANSI.sub("", "\n".join(e.traceback)) + "\n")
             else:
                 log_file.write("".join(traceback.format_exception(e)))
+            _show(stdout.last_lines())
             raise StageError(failure_message(source, output, e)) from None
-    log.unlink()  # a log is kept only for a failed run: a later success leaves none behind
+        finally:
+            shutil.rmtree(sockets, ignore_errors=True)
+    _show(stdout.last_lines())
     if stats_dir:
         kernel = json.loads(Path(os.environ["PRPG_KERNEL_STATS_FILE"]).read_text())
         stats = {"notebook": source.as_posix(), "output": output.as_posix(), "parameters_raw": raw_parameters(parameters),
                  "wall_seconds": round(time.perf_counter() - t0, 3), **kernel}
         stats_file.write_text(json.dumps(stats, indent=1))
+
+
+def _show(lines: list[str]) -> None:
+    for line in lines:
+        print(f"{SHOWN_PREFIX}{line}", flush=True)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -231,7 +328,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--cwd", default=".", help="working directory of the kernel (default: .)")
     args = ap.parse_args(argv)
     params = load_parameters(args.parameters_file, [tuple(r) for r in args.parameters_raw])
-    run(args.source, args.output, params, cwd=args.cwd)
+    run(args.source, args.output, params, cwd=args.cwd, raw=[name for name, _ in args.parameters_raw])
     return 0
 
 

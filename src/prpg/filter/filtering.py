@@ -588,7 +588,9 @@ def write_filtered(verdicts: Iterable[Verdict], out_dir: Path, *, n_keep: int, m
                          "score": "" if v.score is None else f"{v.score:.6f}",
                          "kept": int(v.kept), "localized": int(v.localized),
                          "box": "" if v.box is None else " ".join(map(str, v.box))})
-            bar.set_postfix(kept=n_kept)
+            # refresh=False: a redraw on every image ignored mininterval, and inside the loop tqdm has not yet
+            # stored its count, so each of those redraws showed 0 % (100 bars in the log).
+            bar.set_postfix(kept=n_kept, refresh=False)
         buf = io.StringIO()
         writer = csv.DictWriter(buf, fieldnames=SCORE_COLUMNS, lineterminator="\n")
         writer.writeheader()

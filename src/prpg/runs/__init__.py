@@ -1,2 +1,3 @@
 """Running the pipeline: `prpg repro` (repro), named experiments (experiments), experiments in parts and
-their saved results (results), and GPUs or a SLURM cluster (cluster)."""
+their saved results (results), the finished run's summary table (summary), and GPUs or a SLURM cluster
+(cluster)."""

@@ -28,7 +28,6 @@ common = {}
 data = {}
 
 # %%
-import json
 import time
 
 import pandas as pd
@@ -84,8 +83,9 @@ Image(filename=str(gallery))
 
 # %% [markdown]
 # ## Metrics
-# The last cell writes the stage's metrics file (git-tracked, read by `dvc metrics show` / `dvc exp show`).
+# The last cell writes the stage's summary (git-tracked: `reports/metrics/data.json`).
 
 # %%
 write_json_atomic("reports/metrics/data.json", summary)
-print(json.dumps(summary["images"]))
+images = summary["images"]
+print(f"{images['train']} train, {images['test']} test, {images['test_dense']} test_dense images")

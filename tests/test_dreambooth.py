@@ -19,7 +19,7 @@ from prpg import priors as ci
 from prpg import personalize as db
 from prpg.core.configs import DreamBoothConfig, GeneratorConfig
 from prpg.data import load_dataset
-from tests.conftest import make_pods_tree
+from tests.conftest import experiment_params, make_pods_tree, toybox_params
 
 TINY = GeneratorConfig(resolution=32, vae_channels=(8, 16), unet_channels=(16, 32), attention_head_dim=4,
                        text_hidden=16, text_layers=1, text_heads=1, max_length=16)
@@ -259,12 +259,13 @@ def test_8bit_adam_falls_back_on_cpu_and_bf16_autocast_runs(pipe, caplog):
     assert np.isfinite(res["losses"][0]["loss"])
 
 
-def test_config_constants():
-    paper = db.PAPER_DREAMBOOTH
+def test_paper_and_toybox_settings():
+    paper = experiment_params("pods-dinov2_vitb14", "personalize")["personalize"]
     assert (paper.steps, paper.lr, paper.batch, paper.resolution) == (400, 2e-6, 1, 512)
-    assert paper.num_class_images == 200 and paper.mode == "full" and paper.device == "auto"
+    assert paper.num_class_images == 200 and paper.mode == "full" and paper.masked
     assert paper.use_8bit_adam and paper.train_text_encoder and paper.prior_weight == 1.0
-    assert db.TOYBOX_DREAMBOOTH.resolution is None and db.TOYBOX_DREAMBOOTH.device == "cpu"
+    toybox = toybox_params()["personalize"]
+    assert (toybox.steps, toybox.lr, toybox.resolution, toybox.use_8bit_adam) == (80, 2e-4, None, False)
     with pytest.raises(ValueError, match="mode"):
         DreamBoothConfig(mode="qlora")
 

@@ -17,8 +17,6 @@ from PIL import Image
 from prpg.core.configs import EncoderConfig
 from prpg.data import DatasetError, load_dataset
 from prpg.filter.filtering import (
-    PAPER_FILTER,
-    TOYBOX_FILTER,
     DenseLocalizer,
     FilterConfig,
     PerSamLocalizer,
@@ -34,7 +32,7 @@ from prpg.filter.filtering import (
     write_filtered,
 )
 from prpg.zoo.encoder import build_encoder, model_args
-from tests.conftest import box_for, make_pods_tree, write_mask
+from tests.conftest import box_for, experiment_params, make_pods_tree, toybox_params, write_mask
 
 RED, GREEN, BLUE, ORANGE = (230, 20, 20), (20, 230, 20), (20, 20, 230), (230, 130, 20)
 TINY_ENCODER = EncoderConfig(image_size=32, resize=36, patch_size=8, embed_dim=32, depth=1, heads=2)
@@ -340,7 +338,8 @@ def test_missing_sam_offline_is_a_clear_error(tmp_path, monkeypatch):
 
 
 def test_configs():
-    paper, toybox = PAPER_FILTER, TOYBOX_FILTER
+    paper = experiment_params("pods-dinov2_vitb14", "filter")["filter"]
+    toybox = toybox_params()["filter"]
     assert (paper.model, paper.dreamsim_type, paper.localize) == ("dreamsim", "ensemble", "persam")
     assert (paper.threshold, paper.reduce, paper.max_attempts) == (0.6, "mean", 5000)
     assert (toybox.model, toybox.backbone, toybox.localize) == ("backbone", "toybox", "dense_otsu")

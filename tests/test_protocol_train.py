@@ -4,6 +4,7 @@ number of filtered positives kept, and the paper experiment resolving to those v
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import hashlib
 import http.server
@@ -17,12 +18,12 @@ import yaml
 
 from prpg import prompts as prompt_files
 from prpg.cli import main as cli_main
-from prpg.core.configs import CutPasteConfig, SynthesizeConfig, TrainConfig
+from prpg.core.configs import CutPasteConfig, SynthesizeConfig
 from prpg.data.download import DownloadError
-from prpg.runs.experiments import DATASETS, PAPER, resolve
+from prpg.runs.experiments import resolve
 from prpg.prompts.download import download_prompts, reference_urls
 from prpg.synthesize import synthesis_prompts
-from tests.conftest import make_pods_tree
+from tests.conftest import experiment_params, make_pods_tree, toybox_params
 
 REPO = Path(__file__).resolve().parents[1]
 SCENES = ("on a wooden desk", "in a sunny kitchen", "next to a laptop", "on a picnic blanket")
@@ -222,13 +223,13 @@ def test_rehearsal_writes_reference_format_stand_ins_for_the_worlds_instances(tm
 
 
 def test_training_is_fp32_by_default_and_in_paper_runs():
-    assert TrainConfig().bf16 is False and PAPER["train.bf16"] is False
+    assert experiment_params("pods-dinov2_vitb14", "train")["train"].bf16 is False
     params = yaml.safe_load((REPO / "params.yaml").read_text())
     assert params["train"]["bf16"] is False  # present, so `-S train.bf16=...` can set it
-    assert TrainConfig(bf16=True).bf16 is True  # still an option
+    assert dataclasses.replace(toybox_params()["train"], bf16=True).bf16 is True  # still an option
 
 
-@pytest.mark.parametrize("dataset", sorted(DATASETS))
+@pytest.mark.parametrize("dataset", ["df2", "dogs", "pods"])
 def test_paper_experiment_resolves_to_the_reference(dataset):
     settings = resolve(f"{dataset}-dinov2_vitb14")
     path = f"data/prompts/gpt_prompts_{dataset}.json"
@@ -245,9 +246,8 @@ def test_paper_experiment_resolves_to_the_reference(dataset):
         "train.num_synthetic": 450,
     }
     assert {k: settings[k] for k in expected} == expected
-    defaults = TrainConfig()
-    assert (defaults.lora_r, defaults.lora_dropout, defaults.betas, defaults.batch, defaults.epochs) == \
-        (16, 0.3, (0.5, 0.999), 16, 2)
+    train = experiment_params(f"{dataset}-dinov2_vitb14", "train")["train"]  # what params.yaml keeps
+    assert (train.lora_r, train.lora_dropout, train.betas, train.batch, train.epochs) == (16, 0.3, (0.5, 0.999), 16, 2)
 
 
 def test_a_paper_run_without_the_downloaded_prompts_says_how_to_get_them(tmp_path, monkeypatch, capsys):

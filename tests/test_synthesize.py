@@ -19,7 +19,9 @@ from prpg import prompts as pf
 from prpg import synthesize as syn
 from prpg.core.configs import GeneratorConfig
 from prpg.data import load_dataset
+from prpg.runs.experiments import resolve
 from prpg.synthesize import CutPasteConfig, Cutout, NegativesConfig, SynthesizeConfig
+from tests.conftest import toybox_params
 
 ROOT = Path(__file__).resolve().parents[1]
 MAGENTA = np.array([255, 0, 255], np.uint8)  # the object's colour; backgrounds never contain it
@@ -395,8 +397,10 @@ def test_configs_validate():
         SynthesizeConfig(scheduler="euler")
     with pytest.raises(ValueError):
         NegativesConfig(count=5)
-    assert syn.TOYBOX_SYNTHESIZE.prompt_file == "toybox" and syn.PAPER_SYNTHESIZE.guidance == 5.0
-    assert math.ceil(syn.PAPER_SYNTHESIZE.n / 100) * 100 == 500
+    assert toybox_params()["synthesize"].positives.prompt_file == "toybox"
+    settings = resolve("pods-dinov2_vitb14")  # its prompt file is downloaded data: the overrides themselves
+    assert settings["synthesize.positives.guidance"] == 5.0
+    assert math.ceil(settings["synthesize.positives.n"] / 100) * 100 == 500  # file mode: 100 a scene prompt
 
 
 # ----------------------------------------------------------------------------- make_prompts

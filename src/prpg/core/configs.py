@@ -159,7 +159,7 @@ class DreamBoothConfig:
     train_text_encoder: bool = True
     identifier: str = "<new1>"
     max_grad_norm: float = Field(1.0, gt=0)
-    # Stage "personalize" (prpg.personalize; PAPER_DREAMBOOTH / TOYBOX_DREAMBOOTH hold the two full settings).
+    # Stage "personalize" (prpg.personalize): the keys below are params.yaml's `personalize` group.
     mode: Literal["full", "lora"] = "full"  # lora: peft adapters on the attention projections only
     masked: bool = False  # instance loss weighted by the train mask on the latent grid
     lora_rank: int = Field(4, ge=1)
@@ -230,7 +230,7 @@ class NegativesConfig:
     # ASSUMPTIONS, all three (protocol §1.4): the reference has no negatives code; it only released the
     # images ({pods,dogs,df2}_negatives.zip), made by the frozen generator ("images of other objects in
     # the same semantic category"). Count, prompt and CFG are in no available source; the released zips
-    # would settle the count. Paper runs (prpg.runs.experiments.PAPER) use these defaults.
+    # would settle the count. Paper runs use experiments/shared/paper.yaml's values.
     # Count: an instance's triplets draw from its category's pool uniformly WITH replacement (4500
     # triplets), so 1000 negatives appear ~4.5 times each: varied enough not to be memorised, for 1000 SD
     # images per category (5000 for PODS).

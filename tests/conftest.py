@@ -31,6 +31,31 @@ def toybox_params() -> dict:
     return load_params(REPO / "params.yaml")
 
 
+def toybox_group(group: str, values):
+    """params.yaml's `group` as written (unvalidated) with `values` merged in, nested mappings key by key:
+    a complete group that differs in `values` only (anything but a mapping: `values` as it is)."""
+    import yaml
+
+    def merge(base: dict, extra: dict) -> dict:
+        return {**base, **{k: merge(base[k], v) if isinstance(v, dict) and isinstance(base.get(k), dict) else v
+                           for k, v in extra.items()}}
+
+    raw = yaml.safe_load((REPO / "params.yaml").read_text())[group]
+    return merge(raw, values) if isinstance(values, dict) else values
+
+
+def toybox_config(path: str, **changes):
+    """The config at a dotted params path of the default run (e.g. "synthesize.positives"), with `changes`
+    (validated again: a bad value fails as in params.yaml)."""
+    import dataclasses
+
+    group, *keys = path.split(".")
+    config = toybox_params()[group]
+    for key in keys:
+        config = getattr(config, key)
+    return dataclasses.replace(config, **changes)
+
+
 def experiment_params(name: str, *groups: str) -> dict:
     """A named experiment's settings: params.yaml with the experiment's overrides applied by DVC's own `-S`
     code on a temporary copy, then each group (default: all) validated. Paper runs' prompt files are

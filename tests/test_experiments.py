@@ -241,11 +241,11 @@ def test_instances_from_an_offset_are_one_part(pods_tree):
 
 def test_instances_come_from_the_experiment_s_dataset(tmp_path):
     params_file = tmp_path / "params.yaml"
-    params_file.write_text("common:\n  data_root: outputs/data/toybox\n")
+    shutil.copy(ROOT / "params.yaml", params_file)
     assert data_root_of("toybox-real", params_file) == "outputs/data/toybox"  # the world the data stage built
     assert data_root_of("pods-dinov2_vitb14", params_file) == "data/pods"  # a paper run's own dataset
     assert data_root_of("dogs-clip_vitb16-sweep-cfg", params_file) == "data/dogs"
-    params_file.write_text("common:\n  data_root: elsewhere/toybox\n")
+    params_file.write_text(params_file.read_text().replace("data_root: outputs/data/toybox", "data_root: elsewhere/toybox"))
     with pytest.raises(ValueError, match=r"(?s)params\.yaml: invalid parameters in group 'common'.*data_root must be"):
         data_root_of("toybox-real", params_file)  # read through the validated params, not as raw YAML
     with pytest.raises(ValueError, match=r"nowhere\.yaml: not found"):

@@ -41,7 +41,7 @@ from prpg.filter.filtering import (
     reference_points,
     spaced_points,
 )
-from tests.conftest import experiment_params, toybox_params
+from tests.conftest import experiment_params, toybox_group, toybox_params
 from tests.test_filtering import box_mask, colour_patches, iou, scene, tiny_sam  # noqa: F401 (fixture)
 
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
@@ -293,7 +293,7 @@ def test_dense_resolution_reaches_the_backbone_input(tmp_path):
         values = {"dense_input": layout, "localize": "dense_otsu"}
         if resolution:
             values["dense_resolution"] = resolution
-        cfg = parse_group("filter", values)
+        cfg = parse_group("filter", toybox_group("filter", values))
         loc = build_localizer(cfg, view, model)
         assert model.inputs[-1].shape == (1, 3, side, side)
         assert loc.patch_features.grid == (side // 8, side // 8)

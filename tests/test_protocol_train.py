@@ -18,12 +18,11 @@ import yaml
 
 from prpg import prompts as prompt_files
 from prpg.cli import main as cli_main
-from prpg.core.configs import CutPasteConfig, SynthesizeConfig
 from prpg.data.download import DownloadError
 from prpg.runs.experiments import resolve
 from prpg.prompts.download import download_prompts, reference_urls
 from prpg.synthesize import synthesis_prompts
-from tests.conftest import experiment_params, make_pods_tree, toybox_params
+from tests.conftest import experiment_params, make_pods_tree, toybox_params, toybox_config
 
 REPO = Path(__file__).resolve().parents[1]
 SCENES = ("on a wooden desk", "in a sunny kitchen", "next to a laptop", "on a picnic blanket")
@@ -162,12 +161,12 @@ def test_positives_read_the_instances_own_list_from_an_instance_keyed_file(tmp_p
     path = tmp_path / "gpt_prompts_pods.json"
     table = reference_table({"mugs_cornell_dots": "mug", "mugs_blue_greek": "mug", "totes_blank": "bag"})
     path.write_text(json.dumps(table))
-    cfg = SynthesizeConfig(n=450, prompt_file=str(path), identifier="<new1>")
+    cfg = toybox_config("synthesize.positives", n=450, prompt_file=str(path), prompt_source=None, identifier="<new1>")
     prompts = synthesis_prompts(cfg, "mugs_blue_greek", "mug")
     assert len(prompts) == 500 and len(set(prompts)) == 100
     assert list(dict.fromkeys(prompts)) == table["mugs_blue_greek"]  # its own list, in file order
     # Our identifier replaces the literal <new1>; the reference's own category word stays ("bag" for totes).
-    sks = synthesis_prompts(SynthesizeConfig(n=100, prompt_file=str(path), identifier="sks"), "totes_blank", "tote")
+    sks = synthesis_prompts(toybox_config("synthesize.positives", n=100, prompt_file=str(path), prompt_source=None, identifier="sks"), "totes_blank", "tote")
     assert sks[0] == "A sks bag on a wooden desk, view 0 of totes_blank"
     with pytest.raises(prompt_files.PromptFileError, match="mugs_unknown"):
         synthesis_prompts(cfg, "mugs_unknown", "mug_other")
@@ -183,12 +182,12 @@ def test_backgrounds_read_an_instance_keyed_file_by_the_categorys_instances(tmp_
 
 
 def test_prompt_source_must_hold_the_prompt_file():
-    SynthesizeConfig(prompt_file="toybox", prompt_source="src/prpg/prompts")
-    CutPasteConfig(background_prompt_file="pods", background_prompt_source="src/prpg/prompts/pods.json")
+    toybox_config("synthesize.positives", prompt_file="toybox", prompt_source="src/prpg/prompts")
+    toybox_config("synthesize.cut_paste", background_prompt_file="pods", background_prompt_source="src/prpg/prompts/pods.json")
     with pytest.raises(ValueError, match="not inside prompt_source 'data/prompts'.*set prompt_source to src/prpg/prompts"):
-        SynthesizeConfig(prompt_file="toybox", prompt_source="data/prompts")
+        toybox_config("synthesize.positives", prompt_file="toybox", prompt_source="data/prompts")
     with pytest.raises(ValueError, match="background_prompt_source"):
-        CutPasteConfig(background_prompt_file="pods", background_prompt_source="data/prompts")
+        toybox_config("synthesize.cut_paste", background_prompt_file="pods", background_prompt_source="data/prompts")
 
 
 def test_dvc_stages_depend_on_the_prompt_files_folder():
@@ -214,7 +213,7 @@ def test_rehearsal_writes_reference_format_stand_ins_for_the_worlds_instances(tm
     assert written == [tmp_path / "repo" / "data" / "prompts" / "gpt_prompts_dogs.json"]
     table = prompt_files.load_prompts(written[0])
     assert set(table) == {"barry", "dog10"} and all("<new1> dog" in s for s in table["barry"])
-    cfg = SynthesizeConfig(n=8, prompt_file=str(written[0]))
+    cfg = toybox_config("synthesize.positives", n=8, prompt_file=str(written[0]), prompt_source=None)
     assert len(synthesis_prompts(cfg, "dog10", "dog")) == 8
     assert write_stand_in_prompts(tmp_path / "repo", settings, root) == []  # an existing file is kept
 

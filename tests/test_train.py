@@ -16,7 +16,6 @@ import torch
 from PIL import Image
 
 from prpg.core.backbones import embed_images, from_model, vit
-from prpg.core.configs import TrainConfig
 from prpg.train.contrastive import (
     add_lora,
     fit,
@@ -38,7 +37,7 @@ from prpg.train.triplets import (
     positives_per_source,
     save_triplets,
 )
-from tests.conftest import experiment_params, toybox_params
+from tests.conftest import experiment_params, toybox_params, toybox_config
 
 torch.set_num_threads(1)
 # make_triplets warns when fewer than num_synthetic (450) positives exist, as the reference; tests use few.
@@ -103,7 +102,7 @@ def world(tmp_path_factory):
     )
 
 
-FAST = TrainConfig(num_triplets=32, batch=8, epochs=1, lr=3e-3, lora_alpha=16.0)
+FAST = toybox_config("train", num_triplets=32, batch=8, epochs=1, lr=3e-3, lora_alpha=16.0)
 
 
 def world_triplets(world, n: int = 32, seed: int = 0) -> list[Triplet]:
@@ -222,7 +221,7 @@ def test_triplets_fallback_to_real_and_augmented_real_baseline():
     base = make_triplets(REAL, {"real": REAL}, NEG, num_triplets=50, seed=0)  # baseline: real as positives
     assert {t.positive_path for t in base} == set(REAL)
     with pytest.warns(UserWarning, match="fewer than num_synthetic=450"):
-        make_triplets(REAL, SYN, NEG, num_triplets=5)
+        make_triplets(REAL, SYN, NEG, num_synthetic=450, num_triplets=5)
 
 
 def test_positives_per_source_counts_distinct_images(tmp_path):
@@ -274,7 +273,7 @@ def test_paper_training_settings_and_typos_fail():
     assert (c.num_synthetic, c.num_triplets, c.device, c.num_workers) == (450, 4500, "cpu", 0)
     assert toybox_params()["train"].num_triplets == 320 < c.num_triplets
     with pytest.raises(Exception, match="lora_rank"):
-        TrainConfig(lora_rank=4)  # type: ignore[call-arg]
+        toybox_config("train", lora_rank=4)  # type: ignore[call-arg]
 
 
 def test_lora_on_qkv_only_adapters_train_and_input_untouched(world):

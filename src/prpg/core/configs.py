@@ -151,32 +151,47 @@ class EncoderConfig:
 
 
 @dataclass(frozen=True, kw_only=True, config=ConfigDict(extra="forbid"))
-class DreamBoothConfig:
+class GateDreamBoothConfig:
+    """The DreamBooth smoke gate's training keys (params.yaml `pretrain.dreambooth`); the gate fine-tunes
+    the whole toybox generator at its native size (prpg.zoo.gates.dreambooth_smoke)."""
+
     steps: int = Field(ge=1)
     lr: float = Field(gt=0)
     batch: int = Field(ge=1)
     prior_weight: float = Field(ge=0)
     train_text_encoder: bool
     identifier: str
-    max_grad_norm: float = Field(1.0, gt=0)
-    # Stage "personalize" (prpg.personalize): the keys below are params.yaml's `personalize` group.
-    mode: Literal["full", "lora"] = "full"  # lora: peft adapters on the attention projections only
-    masked: bool = False  # instance loss weighted by the train mask on the latent grid
+    max_grad_norm: float = Field(gt=0)
+
+
+@dataclass(frozen=True, kw_only=True, config=ConfigDict(extra="forbid"))
+class DreamBoothConfig:
+    """Stage "personalize" (prpg.personalize): params.yaml's `personalize` group, plus internal options."""
+
+    steps: int = Field(ge=1)
+    lr: float = Field(gt=0)
+    batch: int = Field(ge=1)
+    prior_weight: float = Field(ge=0)
+    train_text_encoder: bool
+    identifier: str
+    max_grad_norm: float = Field(1.0, gt=0)  # gradient clipping (the reference's default)
+    mode: Literal["full", "lora"]  # lora: peft adapters on the attention projections only
+    masked: bool  # instance loss weighted by the train mask on the latent grid
     lora_rank: int = Field(4, ge=1)
     lora_alpha: float = Field(4.0, gt=0)
-    num_class_images: int = Field(200, ge=1)  # prior-preservation images per category
-    class_steps: int = Field(50, ge=1)  # sampler steps / CFG / batch for the class images (SD pipeline defaults)
-    class_guidance: float = Field(7.5, ge=0)
-    class_batch: int = Field(4, ge=1)
-    resolution: int | None = Field(None, ge=8, multiple_of=8)  # None: the generator's native size (SD 1.5: 512, toybox: 64)
+    num_class_images: int = Field(ge=1)  # prior-preservation images per category
+    class_steps: int = Field(ge=1)  # sampler steps / CFG / batch for the class images
+    class_guidance: float = Field(ge=0)
+    class_batch: int = Field(ge=1)
+    resolution: int | None = Field(ge=8, multiple_of=8)  # None: the generator's native size (SD 1.5: 512, toybox: 64)
     center_crop: bool = False  # the reference random-crops
     random_flip: bool = False  # the reference does not flip
-    gradient_checkpointing: bool = False
-    use_8bit_adam: bool = False  # bitsandbytes AdamW8bit; CUDA only, else torch AdamW
+    gradient_checkpointing: bool
+    use_8bit_adam: bool  # bitsandbytes AdamW8bit; CUDA only, else torch AdamW
     mixed_precision: Literal["no", "fp16", "bf16"] = "no"  # autocast; the reference trains in fp32
     # dtype of the saved fine-tuned weights. fp16 halves the disk (SD 1.5's UNet + text encoder: 3.9 GB
     # fp32, 2.0 GB fp16) and is what the reference generates with (it loads the DreamBooth pipeline in fp16).
-    save_dtype: Literal["fp32", "fp16"] = "fp32"
+    save_dtype: Literal["fp32", "fp16"]
     device: str = "cpu"  # cpu | cuda | cuda:N | auto
 
 

@@ -21,6 +21,7 @@ from prpg.core.configs import (
     EncoderConfig,
     EvalConfig,
     FilterConfig,
+    GateDreamBoothConfig,
     GeneratorConfig,
     NegativesConfig,
     SynthesizeConfig,
@@ -103,7 +104,7 @@ class PretrainParams(_Group):
     # the whole pool: telling categories apart across unseen instances needs many instances.
     generator_pool_per_category: int = Field(ge=1)
     # DreamBooth smoke gate, tuned for the tiny generator on CPU (the paper's 2e-6 x 400 is for SD 1.5).
-    dreambooth: DreamBoothConfig
+    dreambooth: GateDreamBoothConfig
     gates: GatesParams
 
 

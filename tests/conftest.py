@@ -37,7 +37,8 @@ def toybox_group(group: str, values):
     import yaml
 
     def merge(base: dict, extra: dict) -> dict:
-        return {**base, **{k: merge(base[k], v) if isinstance(v, dict) and isinstance(base.get(k), dict) else v
+        return {**base,
+                **{k: merge(base[k], v) if isinstance(v, dict) and isinstance(base.get(k), dict) else v
                            for k, v in extra.items()}}
 
     raw = yaml.safe_load((REPO / "params.yaml").read_text())[group]

@@ -96,9 +96,11 @@ def test_defaults_and_shipped_values_still_validate():
     params = load_params(ROOT / "params.yaml")
     assert params["personalize"].steps == 80 and params["models"].backbone == "toybox"
     for backbone in ("dinov2_vitb14", "clip_vitb16", "mae_vitb16", "timm/vit_small_patch14_dinov2.lvd142m@main"):
-        assert parse_group("models", toybox_group("models", {"backbone": backbone})).backbone == backbone  # names and hub ids: the loaders take them
+        models = toybox_group("models", {"backbone": backbone})
+        assert parse_group("models", models).backbone == backbone  # names and hub ids: the loaders take them
         assert parse_group("filter", toybox_group("filter", {"backbone": backbone})).backbone == backbone
-    assert parse_group("models", toybox_group("models", {"backbone": "models/toybox"}), root=ROOT).backbone == "models/toybox"  # a local folder
+    assert parse_group("models", toybox_group("models", {"backbone": "models/toybox"}),
+                       root=ROOT).backbone == "models/toybox"  # a local folder
 
 
 # (id, params.yaml text, what the message must name); None: no file at all
@@ -159,7 +161,8 @@ CLI_CASES = [
       "masked_dreambooth, real)", "or add the file"]),
     ("unknown-backbone-name", ["exp", "pods-resnet50"], {},
      ["unknown experiment 'pods-resnet50': no experiments/pods-resnet50.yaml (known: df2-clip_vitb16,"]),
-    ("unknown-sweep", ["exp", "toybox-sweep-lr"], {}, ["unknown sweep 'lr': no experiments/sweeps/lr.yaml (known: cfg, loss)"]),
+    ("unknown-sweep", ["exp", "toybox-sweep-lr"], {},
+     ["unknown sweep 'lr': no experiments/sweeps/lr.yaml (known: cfg, loss)"]),
     ("unknown-dataset", ["exp", "imagenet-dinov2_vitb14"], {},
      ["unknown experiment 'imagenet-dinov2_vitb14': no experiments/imagenet-dinov2_vitb14.yaml"]),
     ("exp-jobs-0", ["exp", "toybox-real", "-j", "0"], {}, ["--jobs 0: use 1 or more"]),

@@ -229,7 +229,8 @@ def test_dataset_name_must_match_info_json_prefix(pods_tree):
 def _params_file(tmp_path: Path, **groups) -> Path:
     """The repository's params.yaml with `groups` merged in (toybox_group), written to tmp_path."""
     names = yaml.safe_load((REPO / "params.yaml").read_text())
-    (tmp_path / "params.yaml").write_text(yaml.safe_dump({g: toybox_group(g, groups.get(g, {})) for g in names}))
+    values = {g: toybox_group(g, groups.get(g, {})) for g in names}
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(values))
     return tmp_path / "params.yaml"
 
 
@@ -271,7 +272,8 @@ def test_bad_category_in_params(category):
 
 def test_case_only_duplicates_in_params():
     with pytest.raises(ParamsError, match="run.instances: 'MUG_06' and 'mug_06' differ only by case"):
-        parse_group("run", toybox_group("run", {"categories": ["mug"], "instances": {"mug_06": "mug", "MUG_06": "mug"}}))
+        run = {"categories": ["mug"], "instances": {"mug_06": "mug", "MUG_06": "mug"}}
+        parse_group("run", toybox_group("run", run))
     with pytest.raises(ParamsError, match="run.categories: 'Mug' and 'mug' differ only by case"):
         parse_group("run", toybox_group("run", {"categories": ["mug", "Mug"]}))
 

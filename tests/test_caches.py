@@ -88,7 +88,8 @@ def test_negatives_are_regenerated_for_other_generator_weights(tmp_path, monkeyp
     from prpg.zoo.tokenizer import build_clip_tokenizer
 
     torch.manual_seed(0)  # the tiny random SD pipeline of test_synthesize
-    gcfg = toybox_config("pretrain.generator", resolution=32, vae_channels=(8, 16), unet_channels=(16, 32), attention_head_dim=4,
+    gcfg = toybox_config("pretrain.generator", resolution=32, vae_channels=(8, 16),
+                         unet_channels=(16, 32), attention_head_dim=4,
                            text_hidden=16, text_layers=1, text_heads=1, max_length=32)
     pipe = build_pipeline(gcfg, build_clip_tokenizer(tmp_path / "tok", max_length=32))
     pipe.set_progress_bar_config(disable=True)

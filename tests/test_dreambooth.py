@@ -20,7 +20,8 @@ from prpg import personalize as db
 from prpg.data import load_dataset
 from tests.conftest import experiment_params, make_pods_tree, toybox_params, toybox_config
 
-TINY = toybox_config("pretrain.generator", resolution=32, vae_channels=(8, 16), unet_channels=(16, 32), attention_head_dim=4,
+TINY = toybox_config("pretrain.generator", resolution=32, vae_channels=(8, 16), unet_channels=(16, 32),
+                     attention_head_dim=4,
                        text_hidden=16, text_layers=1, text_heads=1, max_length=16)
 FAST = toybox_config("personalize", steps=3, lr=1e-3, num_class_images=2, class_steps=2, class_batch=2)
 PROMPT = "a photo of <new1> mug"

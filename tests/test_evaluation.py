@@ -340,7 +340,8 @@ def test_persam_without_sam_weights_is_a_clear_error(tmp_path, monkeypatch):
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     root = make_pods_tree(tmp_path / "pods", n_test=1, n_dense=1)
-    cfg = toybox_config("evaluate", tasks=("dense",), dense_mode="persam", sam=str(tmp_path / "no-sam"), dense_grid=4)
+    cfg = toybox_config("evaluate", tasks=("dense",), dense_mode="persam", sam=str(tmp_path / "no-sam"),
+                        dense_grid=4)
     with pytest.raises(ModelNotAvailableError, match="no-sam"):
         evaluate_instance(load_dataset(root), "mug_01", {"pretrained": tiny_backbone("tiny", 0)}, cfg)
 
@@ -528,7 +529,8 @@ def test_evaluate_instance_end_to_end_schema_and_splits(pods, models, tmp_path):
 
 def test_without_annos_only_the_all_split(tmp_path, models):
     ds = load_dataset(make_pods_tree(tmp_path / "plain", annos=False, n_test=2, n_dense=1))
-    cfg = toybox_config("evaluate", dense_grid=4, tasks=("classification", "retrieval"), eval_feature="cls+patch", top_k=2)
+    cfg = toybox_config("evaluate", dense_grid=4, tasks=("classification", "retrieval"),
+                        eval_feature="cls+patch", top_k=2)
     out = evaluate_instance(ds, "shoe_00", {"pretrained": models["pretrained"]}, cfg)
     assert out["per_split"] == {}
     assert set(out["metrics"]) == {"classification", "retrieval", "retrieval_ndcg", "retrieval_mrr",

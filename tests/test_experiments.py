@@ -65,22 +65,25 @@ PODS_DINOV2 = {
 
 def test_named_experiments_resolve_to_their_overrides():
     assert resolve("pods-dinov2_vitb14") == PODS_DINOV2
-    assert all(type(resolve("pods-dinov2_vitb14")[k]) is type(v) for k, v in PODS_DINOV2.items())  # 2e-6 a float
-    dogs = {k: v.replace("pods", "dogs") if k.startswith(("common.", "synthesize.")) and isinstance(v, str) else v
+    got = resolve("pods-dinov2_vitb14")
+    assert all(type(got[k]) is type(v) for k, v in PODS_DINOV2.items())  # 2e-6 a float, not a string
+    dogs = {k: v.replace("pods", "dogs") if isinstance(v, str) and k.startswith(("common.", "synthesize.")) else v
             for k, v in PODS_DINOV2.items()}
     assert resolve("dogs-clip_vitb16-cut_paste-sweep-cfg") == {
         **dogs, "synthesize.cut_paste.real_source": "other_instances", "models.backbone": "clip_vitb16",
         "train.sources": "[cut_paste]", "personalize.masked": False, "synthesize.positives.guidance": "4,5,7.5"}
     assert resolve("toybox") == resolve("toybox-dreambooth") == {
         "train.sources": "[dreambooth_filtered]", "personalize.masked": False}
-    assert resolve("toybox-combined") == {"train.sources": "[dreambooth_filtered,cut_paste]", "personalize.masked": True}
+    assert resolve("toybox-combined") == {"train.sources": "[dreambooth_filtered,cut_paste]",
+                                          "personalize.masked": True}
     assert resolve("toybox-sweep-loss") == {"train.sources": "[dreambooth_filtered]", "personalize.masked": False,
                                             "train.loss": "info_nce,multi_pos,hinge"}
 
 
 def test_every_experiment_file_is_reachable_by_name():
     names = set(all_names())
-    assert {"toybox", "toybox-real", "toybox-sweep-cfg", "df2-mae_vitb16-combined", "pods-clip_vitb16-sweep-loss"} <= names
+    assert {"toybox", "toybox-real", "toybox-sweep-cfg", "df2-mae_vitb16-combined",
+            "pods-clip_vitb16-sweep-loss"} <= names
     bases = {p.stem for p in (ROOT / "experiments").glob("*.yaml")}
     assert bases == {"toybox"} | {f"{d}-{b}" for d in ("pods", "dogs", "df2")
                                    for b in ("dinov2_vitb14", "clip_vitb16", "mae_vitb16")}
@@ -245,7 +248,8 @@ def test_instances_come_from_the_experiment_s_dataset(tmp_path):
     assert data_root_of("toybox-real", params_file) == "outputs/data/toybox"  # the world the data stage built
     assert data_root_of("pods-dinov2_vitb14", params_file) == "data/pods"  # a paper run's own dataset
     assert data_root_of("dogs-clip_vitb16-sweep-cfg", params_file) == "data/dogs"
-    params_file.write_text(params_file.read_text().replace("data_root: outputs/data/toybox", "data_root: elsewhere/toybox"))
+    text = params_file.read_text()
+    params_file.write_text(text.replace("data_root: outputs/data/toybox", "data_root: elsewhere/toybox"))
     with pytest.raises(ValueError, match=r"(?s)params\.yaml: invalid parameters in group 'common'.*data_root must be"):
         data_root_of("toybox-real", params_file)  # read through the validated params, not as raw YAML
     with pytest.raises(ValueError, match=r"nowhere\.yaml: not found"):

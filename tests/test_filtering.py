@@ -33,7 +33,8 @@ from prpg.zoo.encoder import build_encoder, model_args
 from tests.conftest import box_for, experiment_params, make_pods_tree, toybox_params, write_mask, toybox_config
 
 RED, GREEN, BLUE, ORANGE = (230, 20, 20), (20, 230, 20), (20, 20, 230), (230, 130, 20)
-TINY_ENCODER = toybox_config("pretrain.encoder", image_size=32, resize=36, patch_size=8, embed_dim=32, depth=1, heads=2)
+TINY_ENCODER = toybox_config("pretrain.encoder", image_size=32, resize=36, patch_size=8, embed_dim=32,
+                             depth=1, heads=2)
 
 
 class MeanColour:
@@ -359,7 +360,8 @@ def test_filter_instance_end_to_end(tmp_path, localize):
     save_for_hf(build_encoder(TINY_ENCODER), str(tmp_path / "enc"), model_args=model_args(TINY_ENCODER),
                 safe_serialization=True)
     ds = load_dataset(make_pods_tree(tmp_path / "pods"))
-    cfg = toybox_config("filter", backbone=str(tmp_path / "enc"), localize=localize, threshold=-1.0, max_attempts=4,
+    cfg = toybox_config("filter", backbone=str(tmp_path / "enc"), localize=localize, threshold=-1.0,
+                        max_attempts=4,
                        keep_rejected="all")
     candidates, pulled = counting(scene((10, 10, 40, 30), size=(64, 48), seed=s) for s in itertools.count())
     out = tmp_path / "outputs/filtered/mug_00/dreambooth"

@@ -27,7 +27,8 @@ def test_wrong_type_names_the_key():
 
 def test_toybox_split_must_leave_test_instances():
     with pytest.raises(ParamsError, match="val_per_category"):
-        parse_group("data", toybox_group("data", {"toybox": {"instances_per_category": 4, "val_per_category": 4}}))
+        parse_group("data",
+                    toybox_group("data", {"toybox": {"instances_per_category": 4, "val_per_category": 4}}))
 
 
 def test_unknown_group_in_file(tmp_path):
@@ -56,7 +57,8 @@ def test_threads_pin_torchs_cpu_threads_and_must_be_positive():
     try:
         assert setup_device(parse_group("common", toybox_group("common", {"threads": 1}))) == "cpu"
         assert torch.get_num_threads() == 1
-        setup_device(parse_group("common", toybox_group("common", {"threads": None})))  # null: leave torch's own setting
+        common = toybox_group("common", {"threads": None})  # null: leave torch's own setting
+        setup_device(parse_group("common", common))
         assert torch.get_num_threads() == 1
     finally:
         torch.set_num_threads(before)
@@ -70,8 +72,10 @@ def test_a_local_model_folder_must_live_under_models(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     (tmp_path / "models" / "my-sd").mkdir(parents=True)
     (tmp_path / "elsewhere").mkdir()
-    assert parse_group("models", toybox_group("models", {"generator": "models/my-sd"})).generator == "models/my-sd"
-    assert parse_group("models", toybox_group("models", {"generator": "org/hub-id@v1"})).generator == "org/hub-id@v1"  # a hub id
+    assert parse_group("models",
+                       toybox_group("models", {"generator": "models/my-sd"})).generator == "models/my-sd"
+    hub = toybox_group("models", {"generator": "org/hub-id@v1"})
+    assert parse_group("models", hub).generator == "org/hub-id@v1"  # a hub id
     with pytest.raises(ParamsError, match="models.generator.*outside models/"):
         parse_group("models", toybox_group("models", {"generator": "elsewhere"}))
 
@@ -81,6 +85,7 @@ def test_a_missing_key_is_named(tmp_path):
     text = (ROOT / "params.yaml").read_text()
     lr_line = next(line for line in text.splitlines() if line.startswith("  lr: 0.001"))
     (tmp_path / "params.yaml").write_text(text.replace(lr_line + "\n", ""))
-    with pytest.raises(ParamsError, match=r"params\.yaml: invalid parameters in group 'train': train\.lr: field "
+    with pytest.raises(ParamsError,
+                       match=r"params\.yaml: invalid parameters in group 'train': train\.lr: field "
                                           r"required \(add it\); fix params\.yaml"):
         load_params(tmp_path / "params.yaml", source="params.yaml", root=ROOT)

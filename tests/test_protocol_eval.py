@@ -38,7 +38,8 @@ def tiny_vit(seed=0, num_classes=0, patch=8):
 
 
 def test_protocol_field_defaults_to_fixed_and_rejects_others():
-    assert toybox_config("evaluate").protocol == "fixed" and toybox_config("evaluate", protocol="reference").protocol == "reference"
+    assert toybox_config("evaluate").protocol == "fixed" and toybox_config("evaluate",
+                                                                           protocol="reference").protocol == "reference"
     with pytest.raises(ValueError):
         is_reference("paper")
 
@@ -96,7 +97,8 @@ def test_reference_box_is_of_all_cleaned_foreground_and_the_mask_the_filled_larg
     geom = PadGeometry(64, 64, 8, 8)
     feats = F.normalize(torch.randn(8, 8, 16, generator=torch.Generator().manual_seed(0)), dim=-1)
     train = F.normalize(torch.randn(3, 16, generator=torch.Generator().manual_seed(1)), dim=-1)
-    pred, box, score = reference_prediction(allfg, feats, geom, train, toybox_config("evaluate", protocol="reference"))
+    pred, box, score = reference_prediction(allfg, feats, geom, train,
+                                            toybox_config("evaluate", protocol="reference"))
     ys, xs = np.nonzero(allfg)
     assert box == (xs.min(), ys.min(), xs.max() - xs.min(), ys.max() - ys.min())  # both blobs, reference w/h
     assert np.array_equal(pred, fixed)  # the mask: largest component filled, as ours

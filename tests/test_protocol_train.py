@@ -161,12 +161,14 @@ def test_positives_read_the_instances_own_list_from_an_instance_keyed_file(tmp_p
     path = tmp_path / "gpt_prompts_pods.json"
     table = reference_table({"mugs_cornell_dots": "mug", "mugs_blue_greek": "mug", "totes_blank": "bag"})
     path.write_text(json.dumps(table))
-    cfg = toybox_config("synthesize.positives", n=450, prompt_file=str(path), prompt_source=None, identifier="<new1>")
+    cfg = toybox_config("synthesize.positives", n=450, prompt_file=str(path), prompt_source=None,
+                        identifier="<new1>")
     prompts = synthesis_prompts(cfg, "mugs_blue_greek", "mug")
     assert len(prompts) == 500 and len(set(prompts)) == 100
     assert list(dict.fromkeys(prompts)) == table["mugs_blue_greek"]  # its own list, in file order
     # Our identifier replaces the literal <new1>; the reference's own category word stays ("bag" for totes).
-    sks = synthesis_prompts(toybox_config("synthesize.positives", n=100, prompt_file=str(path), prompt_source=None, identifier="sks"), "totes_blank", "tote")
+    sks = synthesis_prompts(toybox_config("synthesize.positives", n=100, prompt_file=str(path),
+                                          prompt_source=None, identifier="sks"), "totes_blank", "tote")
     assert sks[0] == "A sks bag on a wooden desk, view 0 of totes_blank"
     with pytest.raises(prompt_files.PromptFileError, match="mugs_unknown"):
         synthesis_prompts(cfg, "mugs_unknown", "mug_other")
@@ -183,11 +185,13 @@ def test_backgrounds_read_an_instance_keyed_file_by_the_categorys_instances(tmp_
 
 def test_prompt_source_must_hold_the_prompt_file():
     toybox_config("synthesize.positives", prompt_file="toybox", prompt_source="src/prpg/prompts")
-    toybox_config("synthesize.cut_paste", background_prompt_file="pods", background_prompt_source="src/prpg/prompts/pods.json")
+    toybox_config("synthesize.cut_paste", background_prompt_file="pods",
+                  background_prompt_source="src/prpg/prompts/pods.json")
     with pytest.raises(ValueError, match="not inside prompt_source 'data/prompts'.*set prompt_source to src/prpg/prompts"):
         toybox_config("synthesize.positives", prompt_file="toybox", prompt_source="data/prompts")
     with pytest.raises(ValueError, match="background_prompt_source"):
-        toybox_config("synthesize.cut_paste", background_prompt_file="pods", background_prompt_source="data/prompts")
+        toybox_config("synthesize.cut_paste", background_prompt_file="pods",
+                      background_prompt_source="data/prompts")
 
 
 def test_dvc_stages_depend_on_the_prompt_files_folder():
@@ -246,7 +250,8 @@ def test_paper_experiment_resolves_to_the_reference(dataset):
     }
     assert {k: settings[k] for k in expected} == expected
     train = experiment_params(f"{dataset}-dinov2_vitb14", "train")["train"]  # what params.yaml keeps
-    assert (train.lora_r, train.lora_dropout, train.betas, train.batch, train.epochs) == (16, 0.3, (0.5, 0.999), 16, 2)
+    assert (train.lora_r, train.lora_dropout, train.betas, train.batch,
+            train.epochs) == (16, 0.3, (0.5, 0.999), 16, 2)
 
 
 def test_a_paper_run_without_the_downloaded_prompts_says_how_to_get_them(tmp_path, monkeypatch, capsys):

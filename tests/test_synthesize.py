@@ -32,7 +32,8 @@ def pipe(tmp_path_factory):
     from prpg.zoo.tokenizer import build_clip_tokenizer
 
     torch.manual_seed(0)
-    cfg = toybox_config("pretrain.generator", resolution=32, vae_channels=(8, 16), unet_channels=(16, 32), attention_head_dim=4,
+    cfg = toybox_config("pretrain.generator", resolution=32, vae_channels=(8, 16), unet_channels=(16, 32),
+                        attention_head_dim=4,
                           text_hidden=16, text_layers=1, text_heads=1, max_length=32)
     p = build_pipeline(cfg, build_clip_tokenizer(tmp_path_factory.mktemp("tok"), max_length=32))
     p.set_progress_bar_config(disable=True)
@@ -75,7 +76,8 @@ def test_file_mode_samples_each_prompt_ceil_n_over_len_times(pipe, tmp_path):
     file.write_text(json.dumps({"mug": ["A {identifier} {category} on a desk",
                                         "A <new1> mug in a sink",  # the reference's literal form
                                         "A close-up of a {identifier} {category}"]}))
-    cfg = toybox_config("synthesize.positives", n=4, prompt_mode="file", prompt_file=str(file), prompt_source=None, steps=2, batch=4, identifier="sks")
+    cfg = toybox_config("synthesize.positives", n=4, prompt_mode="file", prompt_file=str(file),
+                        prompt_source=None, steps=2, batch=4, identifier="sks")
     out = syn.synthesize(pipe, "mug_03", "mug", tmp_path / "llm", cfg, seed=0)
     prompts = [r["prompt"] for r in read_csv(out / "prompts.csv")]
     assert len(pngs(out)) == 6  # ceil(4 / 3) = 2 images per prompt, prompt-major
@@ -154,7 +156,8 @@ def test_negatives_are_made_once_per_category(pipe, tmp_path, monkeypatch):
 
     (mug / "0001.png").unlink()  # incomplete -> made again
     syn.generate_negatives(pipe, "mug", tmp_path / "negatives", cfg, seed=0)
-    syn.generate_negatives(pipe, "mug", tmp_path / "negatives", toybox_config("synthesize.negatives", n=4, steps=2, batch=4), seed=0)
+    syn.generate_negatives(pipe, "mug", tmp_path / "negatives",
+                           toybox_config("synthesize.negatives", n=4, steps=2, batch=4), seed=0)
     assert calls[2:] == ["negatives mug", "negatives mug"] and len(pngs(mug)) == 4
 
 
@@ -246,7 +249,8 @@ def test_cut_and_paste_writes_exact_masks_on_real_and_generated_backgrounds(pipe
     prompts = tmp_path / "scenes.json"
     prompts.write_text(json.dumps({"mug": ["A {identifier} {category} on a wooden table",
                                            "A photo of a {identifier} {category} sitting in a sink, seen from above"]}))
-    cfg = toybox_config("synthesize.cut_paste", n=8, size=48, backgrounds="both", background_prompt_file=str(prompts), background_prompt_source=None,
+    cfg = toybox_config("synthesize.cut_paste", n=8, size=48, backgrounds="both",
+                        background_prompt_file=str(prompts), background_prompt_source=None,
                          n_generated_backgrounds=3, steps=2, batch=3)
     out = syn.cut_and_paste(ds, "mug_00", tmp_path / "synthetic/mug_00/cut_and_paste", cfg, seed=0,
                             frozen_pipe=pipe, backgrounds_root=tmp_path / "backgrounds")
@@ -271,7 +275,8 @@ def test_cut_and_paste_scales_stay_in_range(tmp_path):
     photo, mask = object_photo(rng, rect=True)
     bg = tmp_path / "bg.png"
     Image.fromarray(noise_background(rng, 90, 120)).save(bg)
-    cfg = toybox_config("synthesize.cut_paste", n=40, size=50, backgrounds="real", scale_min=0.3, scale_max=1.3)
+    cfg = toybox_config("synthesize.cut_paste", n=40, size=50, backgrounds="real", scale_min=0.3,
+                        scale_max=1.3)
     out = syn.compose_cut_and_paste([syn.cut_out(photo, mask)], [bg], [], tmp_path / "cp", cfg, seed=0)
     rows = read_csv(out / "pastes.csv")
     scales = np.array([float(r["scale"]) for r in rows])
@@ -291,7 +296,8 @@ def test_cut_and_paste_input_errors(tmp_path):
         syn.compose_cut_and_paste(syn.instance_cutouts(ds, "mug_00"), [Path("x.png")], [], tmp_path / "o",
                                   toybox_config("synthesize.cut_paste", backgrounds="both"), seed=0)
     with pytest.raises(ValueError, match="frozen_pipe"):
-        syn.cut_and_paste(ds, "mug_00", tmp_path / "o", toybox_config("synthesize.cut_paste", backgrounds="generated"), seed=0)
+        syn.cut_and_paste(ds, "mug_00", tmp_path / "o",
+                          toybox_config("synthesize.cut_paste", backgrounds="generated"), seed=0)
     (ds.root / "mini_info.json").unlink()
     one = load_dataset(ds.root, category="dog")  # a single-category dataset, like Dogs or DF2
     assert one.categories == ("dog",)

@@ -96,7 +96,8 @@ def test_encoder_views_and_augmentation_keep_the_object_under_its_mask():
 
     from prpg.zoo.encoder import augment, cut_views
 
-    cfg = toybox_config("pretrain.encoder", image_size=32, resize=36, texture_swap=0.0, background_swap=0.0, rotation=0.0, jitter=0.0,
+    cfg = toybox_config("pretrain.encoder", image_size=32, resize=36, texture_swap=0.0,
+                        background_swap=0.0, rotation=0.0, jitter=0.0,
                         grayscale=0.0)
     a = np.zeros((64, 64, 3), np.uint8)
     a[20:40, 10:50] = (255, 0, 0)  # a red 40 x 20 object on black
@@ -130,7 +131,8 @@ def test_micro_pretraining_saves_loadable_models(tmp_path):
     masks = [np.zeros((40, 40), bool) for _ in range(6)]
     for k, m in enumerate(masks):
         m[5 + k : 30, 10 : 20 + k] = True
-    ecfg = toybox_config("pretrain.encoder", image_size=32, resize=36, patch_size=8, embed_dim=32, depth=1, heads=2, steps=2, batch=4)
+    ecfg = toybox_config("pretrain.encoder", image_size=32, resize=36, patch_size=8, embed_dim=32,
+                         depth=1, heads=2, steps=2, batch=4)
     stats = pretrain_encoder(images, masks, [0, 1, 2, 0, 1, 2], 3, tmp_path / "enc", ecfg, seed=0)
     assert stats["params"] > 0 and len(stats["losses"]) == 2
     enc = load_backbone(tmp_path / "enc")

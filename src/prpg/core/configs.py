@@ -151,9 +151,8 @@ class EncoderConfig:
 
 
 @dataclass(frozen=True, kw_only=True, config=ConfigDict(extra="forbid"))
-class GateDreamBoothConfig:
-    """The DreamBooth smoke gate's training keys (params.yaml `pretrain.dreambooth`); the gate fine-tunes
-    the whole toybox generator at its native size (prpg.zoo.gates.dreambooth_smoke)."""
+class DreamBoothKeys:
+    """The DreamBooth training keys of both the smoke gate and the personalize stage."""
 
     steps: int = Field(ge=1)
     lr: float = Field(gt=0)
@@ -161,19 +160,20 @@ class GateDreamBoothConfig:
     prior_weight: float = Field(ge=0)
     train_text_encoder: bool
     identifier: str
+
+
+@dataclass(frozen=True, kw_only=True, config=ConfigDict(extra="forbid"))
+class GateDreamBoothConfig(DreamBoothKeys):
+    """The DreamBooth smoke gate's keys (params.yaml `pretrain.dreambooth`); the gate fine-tunes the whole
+    toybox generator at its native size (prpg.zoo.gates.dreambooth_smoke)."""
+
     max_grad_norm: float = Field(gt=0)
 
 
 @dataclass(frozen=True, kw_only=True, config=ConfigDict(extra="forbid"))
-class DreamBoothConfig:
+class DreamBoothConfig(DreamBoothKeys):
     """Stage "personalize" (prpg.personalize): params.yaml's `personalize` group, plus internal options."""
 
-    steps: int = Field(ge=1)
-    lr: float = Field(gt=0)
-    batch: int = Field(ge=1)
-    prior_weight: float = Field(ge=0)
-    train_text_encoder: bool
-    identifier: str
     max_grad_norm: float = Field(1.0, gt=0)  # gradient clipping (the reference's default)
     mode: Literal["full", "lora"]  # lora: peft adapters on the attention projections only
     masked: bool  # instance loss weighted by the train mask on the latent grid

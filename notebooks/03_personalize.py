@@ -19,7 +19,7 @@
 # frozen generator in stage 02), loss = MSE(instance) + prior_weight x MSE(class). Options
 # (`personalize` in params.yaml): full fine-tune or LoRA (`mode`), mask-weighted instance loss
 # (`masked`), text-encoder training. Paper runs: SD 1.5 at 512 px, lr 2e-6 x 400 steps
-# (`prpg.personalize.PAPER_DREAMBOOTH`); toybox: the tiny generator at 64 px, tuned for CPU.
+# (experiments/shared/paper.yaml); toybox: the tiny generator at 64 px, tuned for CPU.
 #
 # `dvc repro` runs this once per instance in `run.instances` (`personalize@<instance>`).
 

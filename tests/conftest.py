@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import functools
 import json
+import shutil
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +18,62 @@ DEFAULT_INSTANCES = (("mug_00", "mug", "val"), ("mug_01", "mug", "test"), ("shoe
 IMAGE_SIZE = (48, 32)  # (W, H): non-square, so a transposed width/height shows up
 
 _seed = iter(range(10**9))  # every written image differs, so no accidental duplicate-photo problems
+
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@functools.cache
+def toybox_params() -> dict:
+    """The default run's settings: params.yaml's groups, validated (prpg.core.params.load_params)."""
+    from prpg.core.params import load_params
+
+    return load_params(REPO / "params.yaml")
+
+
+def toybox_group(group: str, values):
+    """params.yaml's `group` as written (unvalidated) with `values` merged in, nested mappings key by key:
+    a complete group that differs in `values` only (anything but a mapping: `values` as it is)."""
+    import yaml
+
+    def merge(base: dict, extra: dict) -> dict:
+        return {**base,
+                **{k: merge(base[k], v) if isinstance(v, dict) and isinstance(base.get(k), dict) else v
+                           for k, v in extra.items()}}
+
+    raw = yaml.safe_load((REPO / "params.yaml").read_text())[group]
+    return merge(raw, values) if isinstance(values, dict) else values
+
+
+def toybox_config(path: str, **changes):
+    """The config at a dotted params path of the default run (e.g. "synthesize.positives"), with `changes`
+    (validated again: a bad value fails as in params.yaml)."""
+    import dataclasses
+
+    group, *keys = path.split(".")
+    config = toybox_params()[group]
+    for key in keys:
+        config = getattr(config, key)
+    return dataclasses.replace(config, **changes)
+
+
+def experiment_params(name: str, *groups: str) -> dict:
+    """A named experiment's settings: params.yaml with the experiment's overrides applied by DVC's own `-S`
+    code on a temporary copy, then each group (default: all) validated. Paper runs' prompt files are
+    downloaded data: ask for the groups you need where data/prompts is missing."""
+    import yaml
+    from dvc.utils.hydra import apply_overrides
+
+    from prpg.core.params import GROUPS, parse_group
+    from prpg.runs.experiments import overrides
+
+    with tempfile.TemporaryDirectory() as tmp:
+        copy = Path(tmp) / "params.yaml"
+        shutil.copy(REPO / "params.yaml", copy)
+        apply_overrides(str(copy), overrides(name))
+        raw = yaml.safe_load(copy.read_text())
+    source = f"params.yaml + experiments of {name}"
+    return {g: parse_group(g, raw.get(g), source, root=REPO) for g in groups or GROUPS}
 
 
 def write_image(path: Path, size: tuple[int, int] = IMAGE_SIZE, seed: int | None = None) -> Path:

@@ -21,7 +21,7 @@ from prpg.core.backbones import (
     from_model,
     load,
 )
-from prpg.core.configs import EncoderConfig
+from tests.conftest import toybox_config
 from prpg.zoo.encoder import build_encoder, eval_transform
 
 torch.set_num_threads(1)
@@ -141,7 +141,7 @@ def test_load_by_paper_name_uses_the_table_and_quick_gelu_for_clip(monkeypatch):
 
 
 def test_toybox_encoder_preprocessing_is_its_eval_transform():
-    cfg = EncoderConfig()
+    cfg = toybox_config("pretrain.encoder")
     bb = from_model("toybox", build_encoder(cfg).eval())
     assert (bb.resize, bb.crop, bb.patch_size) == (cfg.resize, cfg.image_size, cfg.patch_size)
     assert bb.mean == IMAGENET_MEAN and bb.std == IMAGENET_STD

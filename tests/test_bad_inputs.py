@@ -10,7 +10,7 @@ import yaml
 
 from prpg.core.params import ParamsError, load_params, parse_group
 from prpg.prompts import reference_prompt_file, stand_in_reference_prompts
-from tests.conftest import make_pods_tree
+from tests.conftest import make_pods_tree, toybox_group
 from tests.pipeline_repo import copy_repo, run
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -85,7 +85,7 @@ def one_line(msg: str) -> str:
 @pytest.mark.parametrize("group, values, names", [pytest.param(g, v, n, id=i) for i, g, v, n in PARAM_CASES])
 def test_bad_param_fails_in_one_line_naming_the_key(group, values, names):
     with pytest.raises(ParamsError) as err:
-        parse_group(group, values)
+        parse_group(group, toybox_group(group, values))
     msg = one_line(str(err.value))
     assert msg.startswith("params.yaml: ") and "fix params.yaml" in msg
     for name in names:
@@ -96,9 +96,11 @@ def test_defaults_and_shipped_values_still_validate():
     params = load_params(ROOT / "params.yaml")
     assert params["personalize"].steps == 80 and params["models"].backbone == "toybox"
     for backbone in ("dinov2_vitb14", "clip_vitb16", "mae_vitb16", "timm/vit_small_patch14_dinov2.lvd142m@main"):
-        assert parse_group("models", {"backbone": backbone}).backbone == backbone  # names and hub ids: the loaders take them
-        assert parse_group("filter", {"backbone": backbone}).backbone == backbone
-    assert parse_group("models", {"backbone": "models/toybox"}, root=ROOT).backbone == "models/toybox"  # a local folder
+        models = toybox_group("models", {"backbone": backbone})
+        assert parse_group("models", models).backbone == backbone  # names and hub ids: the loaders take them
+        assert parse_group("filter", toybox_group("filter", {"backbone": backbone})).backbone == backbone
+    assert parse_group("models", toybox_group("models", {"backbone": "models/toybox"}),
+                       root=ROOT).backbone == "models/toybox"  # a local folder
 
 
 # (id, params.yaml text, what the message must name); None: no file at all
@@ -155,10 +157,14 @@ POD_RUN = dict(common={"dataset": "pods", "data_root": "data/pods", "data_source
 # (id, argv, params changes, what the one-line error must name)
 CLI_CASES = [
     ("unknown-method", ["exp", "toybox-foo"], {},
-     ["prpg: error: unknown method 'foo'; known: real, dreambooth, masked_dreambooth, cut_paste, combined"]),
-    ("unknown-backbone-name", ["exp", "pods-resnet50"], {}, ["unknown backbone 'resnet50'; known: dinov2_vitb14"]),
-    ("unknown-sweep", ["exp", "toybox-sweep-lr"], {}, ["unknown sweep 'lr'; known: cfg, loss"]),
-    ("unknown-dataset", ["exp", "imagenet-dinov2_vitb14"], {}, ["unknown dataset 'imagenet'; known: pods, dogs, df2"]),
+     ["prpg: error: unknown method 'foo': no experiments/methods/foo.yaml (known: combined, cut_paste, dreambooth, "
+      "masked_dreambooth, real)", "or add the file"]),
+    ("unknown-backbone-name", ["exp", "pods-resnet50"], {},
+     ["unknown experiment 'pods-resnet50': no experiments/pods-resnet50.yaml (known: df2-clip_vitb16,"]),
+    ("unknown-sweep", ["exp", "toybox-sweep-lr"], {},
+     ["unknown sweep 'lr': no experiments/sweeps/lr.yaml (known: cfg, loss)"]),
+    ("unknown-dataset", ["exp", "imagenet-dinov2_vitb14"], {},
+     ["unknown experiment 'imagenet-dinov2_vitb14': no experiments/imagenet-dinov2_vitb14.yaml"]),
     ("exp-jobs-0", ["exp", "toybox-real", "-j", "0"], {}, ["--jobs 0: use 1 or more"]),
     ("repro-jobs-0", ["repro", "-j", "0"], {}, ["--jobs 0: use 1 or more"]),
     ("jobs-over-gpus", ["exp", "toybox-real", "-j", "3", "--gpus", "0,1"], {}, ["--jobs 3 with 2 GPU(s)"]),

@@ -17,7 +17,7 @@ from prpg.data import DatasetError, check_dataset, check_dataset_name, format_re
 from prpg.data.dataset import MASK_FOLDERS, SPLITS
 from prpg.data.names import RULE_TEXT, BadNameError, check_name, check_unique, contained
 from prpg.core.params import ParamsError, load_params, parse_group
-from tests.conftest import make_pods_tree, write_image
+from tests.conftest import REPO, make_pods_tree, toybox_group, write_image
 from tests.pipeline_repo import copy_repo, run
 
 # name -> what the message says is wrong with it
@@ -227,7 +227,10 @@ def test_dataset_name_must_match_info_json_prefix(pods_tree):
 
 
 def _params_file(tmp_path: Path, **groups) -> Path:
-    (tmp_path / "params.yaml").write_text(yaml.safe_dump(groups))
+    """The repository's params.yaml with `groups` merged in (toybox_group), written to tmp_path."""
+    names = yaml.safe_load((REPO / "params.yaml").read_text())
+    values = {g: toybox_group(g, groups.get(g, {})) for g in names}
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(values))
     return tmp_path / "params.yaml"
 
 
@@ -251,7 +254,7 @@ def test_params_dataset_must_match_the_info_json(tmp_path):
 @pytest.mark.parametrize(("name", "why"), BAD_NAMES.items(), ids=range(len(BAD_NAMES)))
 def test_bad_instance_key_in_params(name, why):
     with pytest.raises(ParamsError) as err:
-        parse_group("run", {"categories": ["mug"], "instances": {name: {"category": "mug"}}})
+        parse_group("run", toybox_group("run", {"categories": ["mug"], "instances": {name: {"category": "mug"}}}))
     msg = str(err.value)
     assert f"run.instances: instance name {name!r} {why}" in msg, msg
     _rule_named(msg)
@@ -260,7 +263,7 @@ def test_bad_instance_key_in_params(name, why):
 @pytest.mark.parametrize("category", ["mug;touch PWNED", "../mug", "-mug"])
 def test_bad_category_in_params(category):
     with pytest.raises(ParamsError) as err:
-        parse_group("run", {"categories": [category], "instances": {"mug_06": {"category": category}}})
+        parse_group("run", toybox_group("run", {"categories": [category], "instances": {"mug_06": {"category": category}}}))
     msg = str(err.value)
     assert f"run.instances['mug_06']: category {category!r}" in msg, msg
     assert f"run.categories: category {category!r}" in msg, msg
@@ -269,9 +272,10 @@ def test_bad_category_in_params(category):
 
 def test_case_only_duplicates_in_params():
     with pytest.raises(ParamsError, match="run.instances: 'MUG_06' and 'mug_06' differ only by case"):
-        parse_group("run", {"categories": ["mug"], "instances": {"mug_06": {"category": "mug"}, "MUG_06": {"category": "mug"}}})
+        run = {"categories": ["mug"], "instances": {"mug_06": {"category": "mug"}, "MUG_06": {"category": "mug"}}}
+        parse_group("run", toybox_group("run", run))
     with pytest.raises(ParamsError, match="run.categories: 'Mug' and 'mug' differ only by case"):
-        parse_group("run", {"categories": ["mug", "Mug"]})
+        parse_group("run", toybox_group("run", {"categories": ["mug", "Mug"]}))
 
 
 def test_bad_name_in_a_params_file(tmp_path):

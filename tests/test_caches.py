@@ -8,11 +8,11 @@ import pytest
 import torch
 
 from prpg.data import load_dataset
-from prpg.evaluate import EvalConfig, cached_dense_features, cached_features, evaluate_instance
-from tests.conftest import make_pods_tree, write_image
+from prpg.evaluate import cached_dense_features, cached_features, evaluate_instance
+from tests.conftest import make_pods_tree, write_image, toybox_config
 from tests.test_evaluation import one_thread, tiny_backbone  # noqa: F401 (one_thread: autouse fixture)
 
-CFG = EvalConfig(dense_grid=4, batch=8)
+CFG = toybox_config("evaluate", dense_grid=4, batch=8)
 
 
 @pytest.fixture(scope="module")
@@ -88,14 +88,15 @@ def test_negatives_are_regenerated_for_other_generator_weights(tmp_path, monkeyp
     from prpg.zoo.tokenizer import build_clip_tokenizer
 
     torch.manual_seed(0)  # the tiny random SD pipeline of test_synthesize
-    gcfg = GeneratorConfig(resolution=32, vae_channels=(8, 16), unet_channels=(16, 32), attention_head_dim=4,
+    gcfg = toybox_config("pretrain.generator", resolution=32, vae_channels=(8, 16),
+                         unet_channels=(16, 32), attention_head_dim=4,
                            text_hidden=16, text_layers=1, text_heads=1, max_length=32)
     pipe = build_pipeline(gcfg, build_clip_tokenizer(tmp_path / "tok", max_length=32))
     pipe.set_progress_bar_config(disable=True)
     calls = []
     real = syn.generate_images
     monkeypatch.setattr(syn, "generate_images", lambda *a, **k: calls.append(k["desc"]) or real(*a, **k))
-    cfg = NegativesConfig(n=2, steps=2, batch=2)
+    cfg = toybox_config("synthesize.negatives", n=2, steps=2, batch=2)
     folder = syn.generate_negatives(pipe, "mug", tmp_path / "negatives", cfg, seed=0)
     record = json.loads((folder / syn.RECORD_JSON).read_text())
     assert record["generator_weights"] == generator_fingerprint(pipe)

@@ -17,13 +17,13 @@ from PIL import Image
 
 from prpg import priors as ci
 from prpg import personalize as db
-from prpg.core.configs import DreamBoothConfig, GeneratorConfig
 from prpg.data import load_dataset
-from tests.conftest import make_pods_tree
+from tests.conftest import experiment_params, make_pods_tree, toybox_params, toybox_config
 
-TINY = GeneratorConfig(resolution=32, vae_channels=(8, 16), unet_channels=(16, 32), attention_head_dim=4,
+TINY = toybox_config("pretrain.generator", resolution=32, vae_channels=(8, 16), unet_channels=(16, 32),
+                     attention_head_dim=4,
                        text_hidden=16, text_layers=1, text_heads=1, max_length=16)
-FAST = DreamBoothConfig(steps=3, lr=1e-3, num_class_images=2, class_steps=2, class_batch=2)
+FAST = toybox_config("personalize", steps=3, lr=1e-3, num_class_images=2, class_steps=2, class_batch=2)
 PROMPT = "a photo of <new1> mug"
 
 
@@ -219,7 +219,7 @@ def test_per_sample_masks_with_batch_2(pipe, monkeypatch):
     left, right = np.zeros((32, 32), bool), np.zeros((32, 32), bool)
     left[:, :16], right[:, 16:] = True, True
     ims = [Image.fromarray(np.full((32, 32, 3), v, np.uint8)) for v in (60, 200)]
-    cfg = DreamBoothConfig(steps=1, lr=1e-3, batch=2, masked=True)
+    cfg = toybox_config("personalize", steps=1, lr=1e-3, batch=2, masked=True)
     db.train_dreambooth(pipe, ims, ims, "mug", cfg, seed=0, instance_masks=[left, right])
     [w] = seen
     expected = {tuple(real(torch.from_numpy(m).float()[None, None], (16, 16)).flatten().tolist())
@@ -241,7 +241,7 @@ def _trained_params(pipe, cfg):
 
 def test_gradient_checkpointing_gives_the_same_updates(base_pipe):
     """LoRA on the text encoder too: non-reentrant checkpointing still reaches the adapters."""
-    cfg = DreamBoothConfig(steps=2, lr=1e-3, mode="lora")
+    cfg = toybox_config("personalize", steps=2, lr=1e-3, mode="lora")
     plain = _trained_params(copy.deepcopy(base_pipe), cfg)
     ckpt = _trained_params(copy.deepcopy(base_pipe), dataclasses.replace(cfg, gradient_checkpointing=True))
     assert plain.keys() == ckpt.keys()
@@ -251,7 +251,7 @@ def test_gradient_checkpointing_gives_the_same_updates(base_pipe):
 
 
 def test_8bit_adam_falls_back_on_cpu_and_bf16_autocast_runs(pipe, caplog):
-    cfg = DreamBoothConfig(steps=1, lr=1e-3, use_8bit_adam=True, mixed_precision="bf16")
+    cfg = toybox_config("personalize", steps=1, lr=1e-3, use_8bit_adam=True, mixed_precision="bf16")
     with caplog.at_level(logging.WARNING, logger="prpg.personalize"):
         black = [Image.new("RGB", (32, 32))]
         res = db.train_dreambooth(pipe, black, black, "mug", cfg, seed=0)
@@ -259,14 +259,15 @@ def test_8bit_adam_falls_back_on_cpu_and_bf16_autocast_runs(pipe, caplog):
     assert np.isfinite(res["losses"][0]["loss"])
 
 
-def test_config_constants():
-    paper = db.PAPER_DREAMBOOTH
+def test_paper_and_toybox_settings():
+    paper = experiment_params("pods-dinov2_vitb14", "personalize")["personalize"]
     assert (paper.steps, paper.lr, paper.batch, paper.resolution) == (400, 2e-6, 1, 512)
-    assert paper.num_class_images == 200 and paper.mode == "full" and paper.device == "auto"
+    assert paper.num_class_images == 200 and paper.mode == "full" and paper.masked
     assert paper.use_8bit_adam and paper.train_text_encoder and paper.prior_weight == 1.0
-    assert db.TOYBOX_DREAMBOOTH.resolution is None and db.TOYBOX_DREAMBOOTH.device == "cpu"
+    toybox = toybox_params()["personalize"]
+    assert (toybox.steps, toybox.lr, toybox.resolution, toybox.use_8bit_adam) == (80, 2e-4, None, False)
     with pytest.raises(ValueError, match="mode"):
-        DreamBoothConfig(mode="qlora")
+        toybox_config("personalize", mode="qlora")
 
 
 # ------------------------------------------------------------------------------------------------

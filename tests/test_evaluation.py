@@ -18,7 +18,6 @@ from prpg.data import load_dataset
 from prpg.evaluate import (
     TASKS,
     DenseRecord,
-    EvalConfig,
     PadGeometry,
     aggregate,
     bootstrap_ci,
@@ -37,7 +36,7 @@ from prpg.evaluate import (
 from prpg.evaluate.dense import box_feature, instance_target
 from prpg.evaluate.geometry import canvas_mask, grid_to_image
 from prpg.evaluate.metrics import coco_inputs, run_cocoeval
-from tests.conftest import TEST_SPLITS, make_pods_tree
+from tests.conftest import TEST_SPLITS, make_pods_tree, toybox_config
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -266,7 +265,7 @@ def test_dense_pipeline_finds_a_known_object_and_fixed_geometry_scores_it_best(s
     target = instance_target([train], [box_mask(tobj, (64, 64))], [tgeom])
     scores = {}
     for mode in ("fixed", "reference"):
-        cfg = EvalConfig(box_geometry=mode)
+        cfg = toybox_config("evaluate", box_geometry=mode)
         train_box = box_feature(train, tobj, tgeom, mode)[None]
         mask, scores[mode] = predict(feats, geom, target, train_box, cfg)
         assert mask is not None and mask.shape == size
@@ -309,7 +308,7 @@ def test_batched_threshold_masks_are_the_per_map_masks_exactly():
 def test_flat_similarity_gives_no_prediction():
     geom = PadGeometry(32, 32, grid=4, patch=8)
     feats = F.normalize(torch.ones(4, 4, 8), dim=-1)
-    assert predict(feats, geom, feats[0, 0], feats[0, 0][None], EvalConfig()) == (None, 0.0)
+    assert predict(feats, geom, feats[0, 0], feats[0, 0][None], toybox_config("evaluate")) == (None, 0.0)
 
 
 def test_persam_mode_runs_with_a_tiny_random_sam():
@@ -330,7 +329,7 @@ def test_persam_mode_runs_with_a_tiny_random_sam():
     obj = (24, 12, 72, 36)
     feats = object_features(geom, box_cells(obj, geom).numpy())
     image = Image.fromarray(np.random.default_rng(0).integers(0, 255, (48, 96, 3), dtype=np.uint8))
-    cfg = EvalConfig(dense_mode="persam")
+    cfg = toybox_config("evaluate", dense_mode="persam")
     mask, score = predict(feats, geom, feats[2, 3], feats[2, 3][None], cfg, image=image,
                           sam=(SamModel(sam_cfg).eval(), processor))
     assert mask is not None and mask.shape == (48, 96) and mask.dtype == bool and -1 <= score <= 1
@@ -341,7 +340,8 @@ def test_persam_without_sam_weights_is_a_clear_error(tmp_path, monkeypatch):
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     root = make_pods_tree(tmp_path / "pods", n_test=1, n_dense=1)
-    cfg = EvalConfig(tasks=("dense",), dense_mode="persam", sam=str(tmp_path / "no-sam"), dense_grid=4)
+    cfg = toybox_config("evaluate", tasks=("dense",), dense_mode="persam", sam=str(tmp_path / "no-sam"),
+                        dense_grid=4)
     with pytest.raises(ModelNotAvailableError, match="no-sam"):
         evaluate_instance(load_dataset(root), "mug_01", {"pretrained": tiny_backbone("tiny", 0)}, cfg)
 
@@ -394,7 +394,7 @@ def models():
     return {"pretrained": tiny_backbone("tiny", 0), "personalized": tiny_backbone("tiny", 1)}
 
 
-CFG = EvalConfig(dense_grid=4, batch=8)
+CFG = toybox_config("evaluate", dense_grid=4, batch=8)
 
 
 def test_cache_gives_the_uncached_numbers_and_is_reused(pods, models, tmp_path, monkeypatch):
@@ -529,7 +529,8 @@ def test_evaluate_instance_end_to_end_schema_and_splits(pods, models, tmp_path):
 
 def test_without_annos_only_the_all_split(tmp_path, models):
     ds = load_dataset(make_pods_tree(tmp_path / "plain", annos=False, n_test=2, n_dense=1))
-    cfg = EvalConfig(dense_grid=4, tasks=("classification", "retrieval"), eval_feature="cls+patch", top_k=2)
+    cfg = toybox_config("evaluate", dense_grid=4, tasks=("classification", "retrieval"),
+                        eval_feature="cls+patch", top_k=2)
     out = evaluate_instance(ds, "shoe_00", {"pretrained": models["pretrained"]}, cfg)
     assert out["per_split"] == {}
     assert set(out["metrics"]) == {"classification", "retrieval", "retrieval_ndcg", "retrieval_mrr",

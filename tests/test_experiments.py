@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from prpg.runs.experiments import command, data_root_of, instances_of, resolve
+from prpg.runs.experiments import all_names, command, data_root_of, instances_of, resolve
 from prpg.runs.results import method_name, save_result
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -32,17 +32,109 @@ def test_a_sweep_goes_through_the_queue():
     assert "synthesize.positives.guidance=4,5,7.5" in cmd
 
 
-def test_paper_experiment_has_the_paper_settings():
-    o = resolve("pods-clip_vitb16")
-    assert o["models.backbone"] == "clip_vitb16" and o["common.data_root"] == "data/pods"
-    assert o["models.generator"] == "stable-diffusion-v1-5/stable-diffusion-v1-5"
-    assert (o["personalize.lr"], o["personalize.steps"], o["train.num_triplets"], o["evaluate.dense_grid"]) == (
-        2e-6, 400, 4500, 64)
-    assert resolve("dogs-dinov2_vitb14-cut_paste")["train.sources"] == "[cut_paste]"
-    with pytest.raises(KeyError, match="unknown backbone"):
+# pods-dinov2_vitb14, written out by hand: the paper's settings (experiments/shared/paper.yaml), PODS, DINOv2,
+# masked DreamBooth.
+PODS_DINOV2 = {
+    "models.generator": "stable-diffusion-v1-5/stable-diffusion-v1-5", "common.device": "cuda",
+    "personalize.steps": 400, "personalize.lr": 2e-6, "personalize.num_class_images": 200,
+    "personalize.class_steps": 50, "personalize.class_guidance": 7.5, "personalize.class_batch": 4,
+    "personalize.masked": True, "personalize.gradient_checkpointing": True, "personalize.use_8bit_adam": True,
+    "personalize.resolution": 512, "personalize.save_dtype": "fp16",
+    "synthesize.positives.n": 450, "synthesize.positives.steps": 50, "synthesize.positives.guidance": 5.0,
+    "synthesize.positives.batch": 8,
+    "synthesize.negatives.n": 1000, "synthesize.negatives.steps": 50, "synthesize.negatives.guidance": 7.5,
+    "synthesize.negatives.batch": 8,
+    "synthesize.cut_paste.n": 450, "synthesize.cut_paste.size": 512, "synthesize.cut_paste.steps": 50,
+    "synthesize.cut_paste.guidance": 7.5, "synthesize.cut_paste.n_generated_backgrounds": 100,
+    "synthesize.cut_paste.batch": 8,
+    "filter.model": "dreamsim", "filter.localize": "persam", "filter.threshold": 0.6, "filter.n_keep": 450,
+    "filter.max_attempts": 5000, "filter.backbone": "dinov2_vitb14", "filter.dense_resolution": 896,
+    "filter.dense_input": "sam_pad", "filter.persam": "reference",
+    "train.lora_alpha": 0.5, "train.lr": 3e-4, "train.num_triplets": 4500, "train.num_synthetic": 450,
+    "train.bf16": False,
+    "evaluate.dense_grid": 64, "evaluate.protocol": "reference", "evaluate.box_geometry": "reference",
+    "evaluate.dense_mode": "threshold",
+    "common.dataset": "pods", "common.data_root": "data/pods", "common.data_source": "data/pods",
+    "synthesize.positives.prompt_file": "data/prompts/gpt_prompts_pods.json",
+    "synthesize.positives.prompt_source": "data/prompts",
+    "synthesize.cut_paste.background_prompt_file": "data/prompts/gpt_prompts_pods.json",
+    "synthesize.cut_paste.background_prompt_source": "data/prompts",
+    "models.backbone": "dinov2_vitb14", "train.sources": "[dreambooth_filtered]",
+}
+
+
+def test_named_experiments_resolve_to_their_overrides():
+    assert resolve("pods-dinov2_vitb14") == PODS_DINOV2
+    got = resolve("pods-dinov2_vitb14")
+    assert all(type(got[k]) is type(v) for k, v in PODS_DINOV2.items())  # 2e-6 a float, not a string
+    dogs = {k: v.replace("pods", "dogs") if isinstance(v, str) and k.startswith(("common.", "synthesize.")) else v
+            for k, v in PODS_DINOV2.items()}
+    assert resolve("dogs-clip_vitb16-cut_paste-sweep-cfg") == {
+        **dogs, "synthesize.cut_paste.real_source": "other_instances", "models.backbone": "clip_vitb16",
+        "train.sources": "[cut_paste]", "personalize.masked": False, "synthesize.positives.guidance": "4,5,7.5"}
+    assert resolve("toybox") == resolve("toybox-dreambooth") == {
+        "train.sources": "[dreambooth_filtered]", "personalize.masked": False}
+    assert resolve("toybox-combined") == {"train.sources": "[dreambooth_filtered,cut_paste]",
+                                          "personalize.masked": True}
+    assert resolve("toybox-sweep-loss") == {"train.sources": "[dreambooth_filtered]", "personalize.masked": False,
+                                            "train.loss": "info_nce,multi_pos,hinge"}
+
+
+def test_every_experiment_file_is_reachable_by_name():
+    names = set(all_names())
+    assert {"toybox", "toybox-real", "toybox-sweep-cfg", "df2-mae_vitb16-combined",
+            "pods-clip_vitb16-sweep-loss"} <= names
+    bases = {p.stem for p in (ROOT / "experiments").glob("*.yaml")}
+    assert bases == {"toybox"} | {f"{d}-{b}" for d in ("pods", "dogs", "df2")
+                                   for b in ("dinov2_vitb14", "clip_vitb16", "mae_vitb16")}
+    assert len(names) == len(bases) * (1 + 5 + 2)  # alone, 5 methods, 2 sweeps
+
+
+def test_unknown_names_say_which_file_is_missing():
+    with pytest.raises(KeyError, match=r"unknown experiment 'pods-resnet50': no experiments/pods-resnet50\.yaml "
+                                       r"\(known: df2-clip_vitb16, .*\); names are <base>\[-<method>\]"):
         resolve("pods-resnet50")
-    with pytest.raises(KeyError, match="unknown sweep"):
+    with pytest.raises(KeyError, match=r"unknown method 'lora': no experiments/methods/lora\.yaml \(known: combined, "
+                                       r"cut_paste, dreambooth, masked_dreambooth, real\)"):
+        resolve("pods-dinov2_vitb14-lora")
+    with pytest.raises(ValueError, match=r"unknown sweep 'lr': no experiments/sweeps/lr\.yaml \(known: cfg, loss\)"):
         resolve("toybox-sweep-lr")
+    with pytest.raises(KeyError, match="unknown experiment 'methods/real'"):
+        resolve("methods/real")  # a part to extend, not an experiment
+
+
+@pytest.mark.parametrize("text, message", [
+    ("extends: [shared/base]\n", r"bad\.yaml: extends 'shared/base', but experiments/shared/base\.yaml does not exist"),
+    ("extends: [bad]\n", r"bad\.yaml: extends itself \(bad -> bad\)"),
+    ("extends: 3\n", r"bad\.yaml: extends must be a list of experiment files"),
+    ("- train.lr: 1\n", r"bad\.yaml: must be a mapping of dotted params keys to values .*got list"),
+    ("train: {lr: 1}\n", r"bad\.yaml: 'train' is not a dotted params key"),
+    ("trian.lr: 1\n", r"bad\.yaml: 'trian.lr' is not a dotted params key of a known group \(common, data"),
+    ("train.sources: [real]\n", r"bad\.yaml: train.sources must be a plain value \(a list as a string"),
+    ("train.lr: [1\n", r"bad\.yaml: not valid YAML"),
+])
+def test_a_bad_experiment_file_is_one_error_naming_it(tmp_path, monkeypatch, text, message):
+    import prpg.runs.experiments as experiments
+
+    (tmp_path / "bad.yaml").write_text(text)
+    monkeypatch.setattr(experiments, "experiments_dir", lambda: tmp_path)
+    with pytest.raises(experiments.ExperimentFileError, match=r"^experiments/" + message):
+        resolve("bad")
+
+
+def test_experiments_come_from_the_checkout_outside_the_repository(tmp_path, monkeypatch):
+    from prpg.runs.experiments import experiments_dir
+
+    monkeypatch.chdir(tmp_path)  # no repository here: the checkout the package runs from
+    assert experiments_dir() == ROOT / "experiments"
+    assert resolve("toybox-real")["train.sources"] == "[real]"
+
+
+def test_yaml_values_become_hydra_values():
+    from prpg.runs.experiments import hydra_value
+
+    assert [hydra_value(v) for v in (True, False, None, 2e-6, "4,5,7.5", 3)] == [
+        "true", "false", "null", "2e-06", "4,5,7.5", "3"]
 
 
 def test_instances_replace_the_run_mapping(pods_tree, tmp_path):
@@ -152,11 +244,12 @@ def test_instances_from_an_offset_are_one_part(pods_tree):
 
 def test_instances_come_from_the_experiment_s_dataset(tmp_path):
     params_file = tmp_path / "params.yaml"
-    params_file.write_text("common:\n  data_root: outputs/data/toybox\n")
+    shutil.copy(ROOT / "params.yaml", params_file)
     assert data_root_of("toybox-real", params_file) == "outputs/data/toybox"  # the world the data stage built
     assert data_root_of("pods-dinov2_vitb14", params_file) == "data/pods"  # a paper run's own dataset
     assert data_root_of("dogs-clip_vitb16-sweep-cfg", params_file) == "data/dogs"
-    params_file.write_text("common:\n  data_root: elsewhere/toybox\n")
+    text = params_file.read_text()
+    params_file.write_text(text.replace("data_root: outputs/data/toybox", "data_root: elsewhere/toybox"))
     with pytest.raises(ValueError, match=r"(?s)params\.yaml: invalid parameters in group 'common'.*data_root must be"):
         data_root_of("toybox-real", params_file)  # read through the validated params, not as raw YAML
     with pytest.raises(ValueError, match=r"nowhere\.yaml: not found"):

@@ -14,13 +14,9 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from prpg.core.configs import EncoderConfig
 from prpg.data import DatasetError, load_dataset
 from prpg.filter.filtering import (
-    PAPER_FILTER,
-    TOYBOX_FILTER,
     DenseLocalizer,
-    FilterConfig,
     PerSamLocalizer,
     TimmPatchFeatures,
     filter_instance,
@@ -34,10 +30,11 @@ from prpg.filter.filtering import (
     write_filtered,
 )
 from prpg.zoo.encoder import build_encoder, model_args
-from tests.conftest import box_for, make_pods_tree, write_mask
+from tests.conftest import box_for, experiment_params, make_pods_tree, toybox_params, write_mask, toybox_config
 
 RED, GREEN, BLUE, ORANGE = (230, 20, 20), (20, 230, 20), (20, 20, 230), (230, 130, 20)
-TINY_ENCODER = EncoderConfig(image_size=32, resize=36, patch_size=8, embed_dim=32, depth=1, heads=2)
+TINY_ENCODER = toybox_config("pretrain.encoder", image_size=32, resize=36, patch_size=8, embed_dim=32,
+                             depth=1, heads=2)
 
 
 class MeanColour:
@@ -340,17 +337,18 @@ def test_missing_sam_offline_is_a_clear_error(tmp_path, monkeypatch):
 
 
 def test_configs():
-    paper, toybox = PAPER_FILTER, TOYBOX_FILTER
+    paper = experiment_params("pods-dinov2_vitb14", "filter")["filter"]
+    toybox = toybox_params()["filter"]
     assert (paper.model, paper.dreamsim_type, paper.localize) == ("dreamsim", "ensemble", "persam")
     assert (paper.threshold, paper.reduce, paper.max_attempts) == (0.6, "mean", 5000)
     assert (toybox.model, toybox.backbone, toybox.localize) == ("backbone", "toybox", "dense_otsu")
     with pytest.raises(ValueError, match="treshold"):
-        FilterConfig(treshold=0.5)
+        toybox_config("filter", treshold=0.5)
     with pytest.raises(ValueError, match="keep_rejected"):
-        FilterConfig(keep_rejected=-1)
+        toybox_config("filter", keep_rejected=-1)
     with pytest.raises(ValueError, match="max_attempts"):
-        FilterConfig(max_attempts=0)
-    assert FilterConfig(keep_rejected="all").keep_rejected == "all"
+        toybox_config("filter", max_attempts=0)
+    assert toybox_config("filter", keep_rejected="all").keep_rejected == "all"
 
 
 @pytest.mark.parametrize("localize", ["dense_otsu", "none"])
@@ -362,7 +360,8 @@ def test_filter_instance_end_to_end(tmp_path, localize):
     save_for_hf(build_encoder(TINY_ENCODER), str(tmp_path / "enc"), model_args=model_args(TINY_ENCODER),
                 safe_serialization=True)
     ds = load_dataset(make_pods_tree(tmp_path / "pods"))
-    cfg = FilterConfig(backbone=str(tmp_path / "enc"), localize=localize, threshold=-1.0, max_attempts=4,
+    cfg = toybox_config("filter", backbone=str(tmp_path / "enc"), localize=localize, threshold=-1.0,
+                        max_attempts=4,
                        keep_rejected="all")
     candidates, pulled = counting(scene((10, 10, 40, 30), size=(64, 48), seed=s) for s in itertools.count())
     out = tmp_path / "outputs/filtered/mug_00/dreambooth"

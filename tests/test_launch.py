@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from prpg.runs.experiments import (DATASETS, all_names, data_root_of, launch_problems, overrides, resolve,
+from prpg.runs.experiments import (all_names, data_root_of, launch_problems, overrides, resolve,
                               set_instances, single_runs)
 from prpg.prompts import reference_prompt_file, stand_in_reference_prompts
 from tests.conftest import make_pods_tree
@@ -43,7 +43,7 @@ def test_every_name_is_enumerated_and_resolves():
         resolve(name)
 
 
-@pytest.mark.parametrize("dataset", ["toybox", *DATASETS])
+@pytest.mark.parametrize("dataset", ["toybox", *WORLDS])
 def test_every_named_experiment_launches(repo, dataset):
     from dvc.utils.hydra import apply_overrides
 

@@ -7,13 +7,14 @@ import numpy as np
 import pytest
 import torch
 
-from prpg.core.configs import EncoderConfig, GeneratorConfig
+from tests.conftest import toybox_config
 from prpg.core.models import ModelNotAvailableError, load_backbone, load_generator
 from prpg.zoo.encoder import build_encoder, model_args
 from prpg.zoo.generator import build_pipeline, sample
 from prpg.zoo.tokenizer import build_clip_tokenizer
 
-TINY_GEN = GeneratorConfig(resolution=32, vae_channels=(8, 16), unet_channels=(16, 32), attention_head_dim=4,
+TINY_GEN = toybox_config("pretrain.generator", resolution=32, vae_channels=(8, 16),
+                         unet_channels=(16, 32), attention_head_dim=4,
                            text_hidden=16, text_layers=1, text_heads=1, max_length=16)
 
 
@@ -45,7 +46,8 @@ def test_tiny_sd_pipeline_round_trips_through_from_pretrained(tmp_path):
 def test_tiny_vit_round_trips_and_takes_any_input_size(tmp_path):
     from timm.models import save_for_hf
 
-    cfg = EncoderConfig(image_size=32, resize=36, patch_size=8, embed_dim=32, depth=1, heads=2)
+    cfg = toybox_config("pretrain.encoder", image_size=32, resize=36, patch_size=8, embed_dim=32, depth=1,
+                        heads=2)
     model = build_encoder(cfg).eval()
     save_for_hf(model, str(tmp_path / "enc"), model_args=model_args(cfg), safe_serialization=True)
     loaded = load_backbone(tmp_path / "enc").eval()

@@ -11,7 +11,6 @@ import torch.nn.functional as F
 from prpg import report
 from prpg.core import backbones
 from prpg.core.backbones import IMAGENET_MEAN, IMAGENET_STD, Backbone, from_model, hub_resample
-from prpg.core.configs import EvalConfig
 from prpg.evaluate.dense import reference_prediction, threshold_masks
 from prpg.evaluate.geometry import PadGeometry, _sampled, box_cells, box_cells_sampled
 from prpg.evaluate.metrics import DenseRecord, coco_inputs, retrieval_metrics
@@ -24,6 +23,7 @@ from prpg.evaluate.protocol import (
     reference_box,
     target_pooling,
 )
+from tests.conftest import toybox_config
 
 torch.set_num_threads(1)
 
@@ -38,7 +38,8 @@ def tiny_vit(seed=0, num_classes=0, patch=8):
 
 
 def test_protocol_field_defaults_to_fixed_and_rejects_others():
-    assert EvalConfig().protocol == "fixed" and EvalConfig(protocol="reference").protocol == "reference"
+    assert toybox_config("evaluate").protocol == "fixed" and toybox_config("evaluate",
+                                                                           protocol="reference").protocol == "reference"
     with pytest.raises(ValueError):
         is_reference("paper")
 
@@ -96,7 +97,8 @@ def test_reference_box_is_of_all_cleaned_foreground_and_the_mask_the_filled_larg
     geom = PadGeometry(64, 64, 8, 8)
     feats = F.normalize(torch.randn(8, 8, 16, generator=torch.Generator().manual_seed(0)), dim=-1)
     train = F.normalize(torch.randn(3, 16, generator=torch.Generator().manual_seed(1)), dim=-1)
-    pred, box, score = reference_prediction(allfg, feats, geom, train, EvalConfig(protocol="reference"))
+    pred, box, score = reference_prediction(allfg, feats, geom, train,
+                                            toybox_config("evaluate", protocol="reference"))
     ys, xs = np.nonzero(allfg)
     assert box == (xs.min(), ys.min(), xs.max() - xs.min(), ys.max() - ys.min())  # both blobs, reference w/h
     assert np.array_equal(pred, fixed)  # the mask: largest component filled, as ours
@@ -104,7 +106,7 @@ def test_reference_box_is_of_all_cleaned_foreground_and_the_mask_the_filled_larg
     cells[1:6, 1:7] = True  # centres 12..44 (y) and 12..52 (x) lie in y 10..45, x 10..55
     expect = F.cosine_similarity(feats[cells].mean(0)[None], train).max()
     assert score == pytest.approx(float(expect), abs=1e-6)
-    assert reference_prediction(None, feats, geom, train, EvalConfig())[:2] == (None, None)
+    assert reference_prediction(None, feats, geom, train, toybox_config("evaluate"))[:2] == (None, None)
 
 
 # 7. confidence cells ---------------------------------------------------------------------------------

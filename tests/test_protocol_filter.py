@@ -24,9 +24,7 @@ from PIL import Image
 from scipy import ndimage
 
 from prpg.filter.filtering import (
-    PAPER_FILTER,
     SQUASH,
-    TOYBOX_FILTER,
     DenseLocalizer,
     FilterConfig,
     ReferencePerSam,
@@ -43,6 +41,7 @@ from prpg.filter.filtering import (
     reference_points,
     spaced_points,
 )
+from tests.conftest import experiment_params, toybox_group, toybox_params
 from tests.test_filtering import box_mask, colour_patches, iou, scene, tiny_sam  # noqa: F401 (fixture)
 
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
@@ -294,7 +293,7 @@ def test_dense_resolution_reaches_the_backbone_input(tmp_path):
         values = {"dense_input": layout, "localize": "dense_otsu"}
         if resolution:
             values["dense_resolution"] = resolution
-        cfg = parse_group("filter", values)
+        cfg = parse_group("filter", toybox_group("filter", values))
         loc = build_localizer(cfg, view, model)
         assert model.inputs[-1].shape == (1, 3, side, side)
         assert loc.patch_features.grid == (side // 8, side // 8)
@@ -302,26 +301,21 @@ def test_dense_resolution_reaches_the_backbone_input(tmp_path):
 
 
 def test_paper_filter_is_the_reference_mode_and_the_toybox_default_is_unchanged():
-    assert (PAPER_FILTER.localize, PAPER_FILTER.persam) == ("persam", "reference")
-    assert (PAPER_FILTER.dense_input, PAPER_FILTER.dense_resolution) == ("sam_pad", 896)
+    paper = experiment_params("pods-dinov2_vitb14", "filter")["filter"]
+    assert (paper.localize, paper.persam) == ("persam", "reference")
+    assert (paper.dense_input, paper.dense_resolution) == ("sam_pad", 896)
     assert 896 // 14 == 64  # the reference's 64x64 grid for /14 backbones
-    default = FilterConfig()
-    assert (default.persam, default.dense_input, default.dense_resolution) == ("simple", "squash", None)
-    assert TOYBOX_FILTER.localize == "dense_otsu"
+    toybox = toybox_params()["filter"]
+    assert (toybox.localize, toybox.persam, toybox.dense_input, toybox.dense_resolution) == (
+        "dense_otsu", "simple", "squash", None)
 
 
 def test_paper_experiments_resolve_to_the_reference_localization():
-    """Every paper experiment's filter group (params.yaml + its overrides) is PAPER_FILTER's localization."""
-    import yaml
+    """Every paper experiment's filter group (params.yaml + its overrides) is the reference's localization."""
+    from prpg.runs.experiments import names_in
 
-    from prpg.runs.experiments import BACKBONES, DATASETS, paper_experiment
-    from prpg.core.params import parse_group
-    from tests.test_experiments import ROOT
-
-    base = yaml.safe_load((ROOT / "params.yaml").read_text())["filter"]
-    for dataset, backbone in itertools.product(DATASETS, BACKBONES):
-        overrides = {k.removeprefix("filter."): v for k, v in paper_experiment(dataset, backbone).items()
-                     if k.startswith("filter.")}
-        cfg = parse_group("filter", {**base, **overrides}, source=str(ROOT / "params.yaml"))
-        got = (cfg.localize, cfg.persam, cfg.dense_input, cfg.dense_resolution, cfg.backbone)
-        assert got == ("persam", "reference", "sam_pad", 896, "dinov2_vitb14"), (dataset, backbone)
+    for name in names_in():  # the paper runs and toybox
+        if name != "toybox":
+            cfg = experiment_params(name, "filter")["filter"]
+            got = (cfg.localize, cfg.persam, cfg.dense_input, cfg.dense_resolution, cfg.backbone)
+            assert got == ("persam", "reference", "sam_pad", 896, "dinov2_vitb14"), name

@@ -4,6 +4,7 @@ number of filtered positives kept, and the paper experiment resolving to those v
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import hashlib
 import http.server
@@ -17,12 +18,11 @@ import yaml
 
 from prpg import prompts as prompt_files
 from prpg.cli import main as cli_main
-from prpg.core.configs import CutPasteConfig, SynthesizeConfig, TrainConfig
 from prpg.data.download import DownloadError
-from prpg.runs.experiments import DATASETS, PAPER, resolve
+from prpg.runs.experiments import resolve
 from prpg.prompts.download import download_prompts, reference_urls
 from prpg.synthesize import synthesis_prompts
-from tests.conftest import make_pods_tree
+from tests.conftest import experiment_params, make_pods_tree, toybox_params, toybox_config
 
 REPO = Path(__file__).resolve().parents[1]
 SCENES = ("on a wooden desk", "in a sunny kitchen", "next to a laptop", "on a picnic blanket")
@@ -161,12 +161,14 @@ def test_positives_read_the_instances_own_list_from_an_instance_keyed_file(tmp_p
     path = tmp_path / "gpt_prompts_pods.json"
     table = reference_table({"mugs_cornell_dots": "mug", "mugs_blue_greek": "mug", "totes_blank": "bag"})
     path.write_text(json.dumps(table))
-    cfg = SynthesizeConfig(n=450, prompt_file=str(path), identifier="<new1>")
+    cfg = toybox_config("synthesize.positives", n=450, prompt_file=str(path), prompt_source=None,
+                        identifier="<new1>")
     prompts = synthesis_prompts(cfg, "mugs_blue_greek", "mug")
     assert len(prompts) == 500 and len(set(prompts)) == 100
     assert list(dict.fromkeys(prompts)) == table["mugs_blue_greek"]  # its own list, in file order
     # Our identifier replaces the literal <new1>; the reference's own category word stays ("bag" for totes).
-    sks = synthesis_prompts(SynthesizeConfig(n=100, prompt_file=str(path), identifier="sks"), "totes_blank", "tote")
+    sks = synthesis_prompts(toybox_config("synthesize.positives", n=100, prompt_file=str(path),
+                                          prompt_source=None, identifier="sks"), "totes_blank", "tote")
     assert sks[0] == "A sks bag on a wooden desk, view 0 of totes_blank"
     with pytest.raises(prompt_files.PromptFileError, match="mugs_unknown"):
         synthesis_prompts(cfg, "mugs_unknown", "mug_other")
@@ -182,12 +184,14 @@ def test_backgrounds_read_an_instance_keyed_file_by_the_categorys_instances(tmp_
 
 
 def test_prompt_source_must_hold_the_prompt_file():
-    SynthesizeConfig(prompt_file="toybox", prompt_source="src/prpg/prompts")
-    CutPasteConfig(background_prompt_file="pods", background_prompt_source="src/prpg/prompts/pods.json")
+    toybox_config("synthesize.positives", prompt_file="toybox", prompt_source="src/prpg/prompts")
+    toybox_config("synthesize.cut_paste", background_prompt_file="pods",
+                  background_prompt_source="src/prpg/prompts/pods.json")
     with pytest.raises(ValueError, match="not inside prompt_source 'data/prompts'.*set prompt_source to src/prpg/prompts"):
-        SynthesizeConfig(prompt_file="toybox", prompt_source="data/prompts")
+        toybox_config("synthesize.positives", prompt_file="toybox", prompt_source="data/prompts")
     with pytest.raises(ValueError, match="background_prompt_source"):
-        CutPasteConfig(background_prompt_file="pods", background_prompt_source="data/prompts")
+        toybox_config("synthesize.cut_paste", background_prompt_file="pods",
+                      background_prompt_source="data/prompts")
 
 
 def test_dvc_stages_depend_on_the_prompt_files_folder():
@@ -213,7 +217,7 @@ def test_rehearsal_writes_reference_format_stand_ins_for_the_worlds_instances(tm
     assert written == [tmp_path / "repo" / "data" / "prompts" / "gpt_prompts_dogs.json"]
     table = prompt_files.load_prompts(written[0])
     assert set(table) == {"barry", "dog10"} and all("<new1> dog" in s for s in table["barry"])
-    cfg = SynthesizeConfig(n=8, prompt_file=str(written[0]))
+    cfg = toybox_config("synthesize.positives", n=8, prompt_file=str(written[0]), prompt_source=None)
     assert len(synthesis_prompts(cfg, "dog10", "dog")) == 8
     assert write_stand_in_prompts(tmp_path / "repo", settings, root) == []  # an existing file is kept
 
@@ -222,13 +226,13 @@ def test_rehearsal_writes_reference_format_stand_ins_for_the_worlds_instances(tm
 
 
 def test_training_is_fp32_by_default_and_in_paper_runs():
-    assert TrainConfig().bf16 is False and PAPER["train.bf16"] is False
+    assert experiment_params("pods-dinov2_vitb14", "train")["train"].bf16 is False
     params = yaml.safe_load((REPO / "params.yaml").read_text())
     assert params["train"]["bf16"] is False  # present, so `-S train.bf16=...` can set it
-    assert TrainConfig(bf16=True).bf16 is True  # still an option
+    assert dataclasses.replace(toybox_params()["train"], bf16=True).bf16 is True  # still an option
 
 
-@pytest.mark.parametrize("dataset", sorted(DATASETS))
+@pytest.mark.parametrize("dataset", ["df2", "dogs", "pods"])
 def test_paper_experiment_resolves_to_the_reference(dataset):
     settings = resolve(f"{dataset}-dinov2_vitb14")
     path = f"data/prompts/gpt_prompts_{dataset}.json"
@@ -245,9 +249,9 @@ def test_paper_experiment_resolves_to_the_reference(dataset):
         "train.num_synthetic": 450,
     }
     assert {k: settings[k] for k in expected} == expected
-    defaults = TrainConfig()
-    assert (defaults.lora_r, defaults.lora_dropout, defaults.betas, defaults.batch, defaults.epochs) == \
-        (16, 0.3, (0.5, 0.999), 16, 2)
+    train = experiment_params(f"{dataset}-dinov2_vitb14", "train")["train"]  # what params.yaml keeps
+    assert (train.lora_r, train.lora_dropout, train.betas, train.batch,
+            train.epochs) == (16, 0.3, (0.5, 0.999), 16, 2)
 
 
 def test_a_paper_run_without_the_downloaded_prompts_says_how_to_get_them(tmp_path, monkeypatch, capsys):

@@ -50,7 +50,8 @@ def test_rehearse_refuses_toybox_and_bad_arguments():
         rehearse("toybox-dreambooth")
     with pytest.raises(RehearsalError, match="--shape"):
         rehearse("pods-dinov2_vitb14", shape="huge")
-    with pytest.raises(KeyError, match="unknown backbone"):
+    with pytest.raises(KeyError,
+                       match="unknown experiment .pods-resnet50.: no experiments/pods-resnet50.yaml"):
         rehearse("pods-resnet50")
 
 

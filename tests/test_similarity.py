@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from prpg.core.configs import EncoderConfig
+from tests.conftest import toybox_config
 from prpg.core.models import ModelNotAvailableError
 from prpg.filter.similarity import (
     BackboneModel,
@@ -180,7 +180,8 @@ def test_filter_stage_with_dreamsim(tmp_path, dreamsim_cache, no_network):
     from tests.conftest import make_pods_tree
 
     ds = load_dataset(make_pods_tree(tmp_path / "pods"))
-    cfg = FilterConfig(model="dreamsim", dreamsim_type="dino_vitb16", cache_dir=str(dreamsim_cache),
+    cfg = toybox_config("filter", model="dreamsim", dreamsim_type="dino_vitb16",
+                        cache_dir=str(dreamsim_cache),
                        localize="none", threshold=0.0, max_attempts=3)
     summary = filter_instance(iter(photos(5, seed=2)), ds, "mug_00", tmp_path / "out", cfg, n_keep=2)
     assert summary["attempts"] == 2 and summary["kept"] == 2  # random weights: all cosines ~1 >= 0
@@ -238,7 +239,8 @@ def tiny_encoder():
     from prpg.zoo.encoder import build_encoder
 
     torch.manual_seed(0)
-    cfg = EncoderConfig(image_size=32, resize=36, patch_size=8, embed_dim=32, depth=1, heads=2)
+    cfg = toybox_config("pretrain.encoder", image_size=32, resize=36, patch_size=8, embed_dim=32, depth=1,
+                        heads=2)
     return build_encoder(cfg)
 
 
@@ -260,7 +262,7 @@ def test_backbone_transforms():
 
     from prpg.zoo.encoder import IMAGENET_MEAN, IMAGENET_STD, build_encoder, eval_transform
 
-    cfg = EncoderConfig()
+    cfg = toybox_config("pretrain.encoder")
     model = build_encoder(cfg)
     long_crop = photos(1, size=(160, 40))[0]  # 4:1, like a screwdriver's box
     assert torch.equal(backbone_transform(model, "eval")(long_crop), eval_transform(cfg)(long_crop))

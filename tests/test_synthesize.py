@@ -17,9 +17,10 @@ from PIL import Image
 
 from prpg import prompts as pf
 from prpg import synthesize as syn
-from prpg.core.configs import GeneratorConfig
 from prpg.data import load_dataset
-from prpg.synthesize import CutPasteConfig, Cutout, NegativesConfig, SynthesizeConfig
+from prpg.runs.experiments import resolve
+from prpg.synthesize import Cutout
+from tests.conftest import toybox_params, toybox_config
 
 ROOT = Path(__file__).resolve().parents[1]
 MAGENTA = np.array([255, 0, 255], np.uint8)  # the object's colour; backgrounds never contain it
@@ -31,7 +32,8 @@ def pipe(tmp_path_factory):
     from prpg.zoo.tokenizer import build_clip_tokenizer
 
     torch.manual_seed(0)
-    cfg = GeneratorConfig(resolution=32, vae_channels=(8, 16), unet_channels=(16, 32), attention_head_dim=4,
+    cfg = toybox_config("pretrain.generator", resolution=32, vae_channels=(8, 16), unet_channels=(16, 32),
+                        attention_head_dim=4,
                           text_hidden=16, text_layers=1, text_heads=1, max_length=32)
     p = build_pipeline(cfg, build_clip_tokenizer(tmp_path_factory.mktemp("tok"), max_length=32))
     p.set_progress_bar_config(disable=True)
@@ -59,7 +61,7 @@ def pngs(folder: Path) -> list[Path]:
 
 
 def test_class_mode_makes_exactly_n_with_the_reference_prompt(pipe, tmp_path):
-    cfg = SynthesizeConfig(n=3, prompt_mode="class", steps=2, batch=2, identifier="sks")
+    cfg = toybox_config("synthesize.positives", n=3, prompt_mode="class", steps=2, batch=2, identifier="sks")
     out = syn.synthesize(pipe, "mug_03", "mug", tmp_path / "dreambooth", cfg, seed=0)
     rows = read_csv(out / "prompts.csv")
     assert [p.name for p in pngs(out)] == ["0000.png", "0001.png", "0002.png"]
@@ -74,7 +76,8 @@ def test_file_mode_samples_each_prompt_ceil_n_over_len_times(pipe, tmp_path):
     file.write_text(json.dumps({"mug": ["A {identifier} {category} on a desk",
                                         "A <new1> mug in a sink",  # the reference's literal form
                                         "A close-up of a {identifier} {category}"]}))
-    cfg = SynthesizeConfig(n=4, prompt_mode="file", prompt_file=str(file), steps=2, batch=4, identifier="sks")
+    cfg = toybox_config("synthesize.positives", n=4, prompt_mode="file", prompt_file=str(file),
+                        prompt_source=None, steps=2, batch=4, identifier="sks")
     out = syn.synthesize(pipe, "mug_03", "mug", tmp_path / "llm", cfg, seed=0)
     prompts = [r["prompt"] for r in read_csv(out / "prompts.csv")]
     assert len(pngs(out)) == 6  # ceil(4 / 3) = 2 images per prompt, prompt-major
@@ -83,14 +86,14 @@ def test_file_mode_samples_each_prompt_ceil_n_over_len_times(pipe, tmp_path):
 
 
 def test_shipped_file_mode_gives_the_reference_500_for_450():
-    cfg = SynthesizeConfig(n=450, prompt_file="pods")
+    cfg = toybox_config("synthesize.positives", n=450, prompt_file="pods")
     prompts = syn.synthesis_prompts(cfg, "tote_07", "tote")
     assert len(prompts) == 500 and len(set(prompts)) == 100
     assert all(prompts.count(p) == 5 and "<new1> tote" in p and "{" not in p for p in set(prompts))
 
 
 def test_same_seed_same_files_other_seed_other_files(pipe, tmp_path):
-    cfg = SynthesizeConfig(n=2, prompt_mode="class", steps=2, batch=2)
+    cfg = toybox_config("synthesize.positives", n=2, prompt_mode="class", steps=2, batch=2)
     a = syn.synthesize(pipe, "mug_03", "mug", tmp_path / "a", cfg, seed=7)
     b = syn.synthesize(pipe, "mug_03", "mug", tmp_path / "b", cfg, seed=7)
     c = syn.synthesize(pipe, "mug_03", "mug", tmp_path / "c", cfg, seed=8)
@@ -105,7 +108,7 @@ def test_same_seed_same_files_other_seed_other_files(pipe, tmp_path):
 @pytest.mark.parametrize("name", ["ddim", "dpm++"])
 def test_schedulers_sample_and_leave_the_pipeline_as_it_was(pipe, tmp_path, name):
     original = pipe.scheduler
-    cfg = SynthesizeConfig(n=1, prompt_mode="class", steps=2, batch=1, scheduler=name)
+    cfg = toybox_config("synthesize.positives", n=1, prompt_mode="class", steps=2, batch=1, scheduler=name)
     out = syn.synthesize(pipe, "mug_03", "mug", tmp_path / name, cfg, seed=0)
     assert len(pngs(out)) == 1 and pipe.scheduler is original
     assert type(syn.make_scheduler(name, original.config)).__name__ == {
@@ -114,7 +117,7 @@ def test_schedulers_sample_and_leave_the_pipeline_as_it_was(pipe, tmp_path, name
 
 def test_a_failed_run_leaves_no_output(pipe, tmp_path, monkeypatch):
     out = tmp_path / "dreambooth"
-    cfg = SynthesizeConfig(n=2, prompt_mode="class", steps=2, batch=1)
+    cfg = toybox_config("synthesize.positives", n=2, prompt_mode="class", steps=2, batch=1)
     calls = []
 
     def broken(*args, **kwargs):
@@ -137,7 +140,7 @@ def test_negatives_are_made_once_per_category(pipe, tmp_path, monkeypatch):
     calls = []
     real = syn.generate_images
     monkeypatch.setattr(syn, "generate_images", lambda *a, **k: calls.append(k["desc"]) or real(*a, **k))
-    cfg = NegativesConfig(n=3, steps=2, batch=3)
+    cfg = toybox_config("synthesize.negatives", n=3, steps=2, batch=3)
     mug = syn.generate_negatives(pipe, "mug", tmp_path / "negatives", cfg, seed=0)
     stamps = {p.name: p.stat().st_mtime_ns for p in pngs(mug)}
     assert mug == tmp_path / "negatives/mug" and len(stamps) == 3
@@ -153,7 +156,8 @@ def test_negatives_are_made_once_per_category(pipe, tmp_path, monkeypatch):
 
     (mug / "0001.png").unlink()  # incomplete -> made again
     syn.generate_negatives(pipe, "mug", tmp_path / "negatives", cfg, seed=0)
-    syn.generate_negatives(pipe, "mug", tmp_path / "negatives", NegativesConfig(n=4, steps=2, batch=4), seed=0)
+    syn.generate_negatives(pipe, "mug", tmp_path / "negatives",
+                           toybox_config("synthesize.negatives", n=4, steps=2, batch=4), seed=0)
     assert calls[2:] == ["negatives mug", "negatives mug"] and len(pngs(mug)) == 4
 
 
@@ -265,7 +269,8 @@ def test_cut_and_paste_writes_exact_masks_on_real_and_generated_backgrounds(pipe
     prompts = tmp_path / "scenes.json"
     prompts.write_text(json.dumps({"mug": ["A {identifier} {category} on a wooden table",
                                            "A photo of a {identifier} {category} sitting in a sink, seen from above"]}))
-    cfg = CutPasteConfig(n=8, size=48, backgrounds="both", background_prompt_file=str(prompts),
+    cfg = toybox_config("synthesize.cut_paste", n=8, size=48, backgrounds="both",
+                        background_prompt_file=str(prompts), background_prompt_source=None,
                          n_generated_backgrounds=3, steps=2, batch=3)
     out = syn.cut_and_paste(ds, "mug_00", tmp_path / "synthetic/mug_00/cut_and_paste", cfg, seed=0,
                             frozen_pipe=pipe, backgrounds_root=tmp_path / "backgrounds")
@@ -290,7 +295,8 @@ def test_cut_and_paste_scales_stay_in_range(tmp_path):
     photo, mask = object_photo(rng, rect=True)
     bg = tmp_path / "bg.png"
     Image.fromarray(noise_background(rng, 90, 120)).save(bg)
-    cfg = CutPasteConfig(n=40, size=50, backgrounds="real", scale_min=0.3, scale_max=1.3)
+    cfg = toybox_config("synthesize.cut_paste", n=40, size=50, backgrounds="real", scale_min=0.3,
+                        scale_max=1.3)
     out = syn.compose_cut_and_paste([syn.cut_out(photo, mask)], [bg], [], tmp_path / "cp", cfg, seed=0)
     rows = read_csv(out / "pastes.csv")
     scales = np.array([float(r["scale"]) for r in rows])
@@ -305,12 +311,13 @@ def test_cut_and_paste_scales_stay_in_range(tmp_path):
 def test_cut_and_paste_input_errors(tmp_path):
     ds = load_dataset(write_mini_dataset(tmp_path / "mini", np.random.default_rng(5)))
     with pytest.raises(ValueError, match="scale_min"):
-        CutPasteConfig(scale_min=1.5, scale_max=1.0)
+        toybox_config("synthesize.cut_paste", scale_min=1.5, scale_max=1.0)
     with pytest.raises(ValueError, match="generated backgrounds"):
         syn.compose_cut_and_paste(syn.instance_cutouts(ds, "mug_00"), [Path("x.png")], [], tmp_path / "o",
-                                  CutPasteConfig(backgrounds="both"), seed=0)
+                                  toybox_config("synthesize.cut_paste", backgrounds="both"), seed=0)
     with pytest.raises(ValueError, match="frozen_pipe"):
-        syn.cut_and_paste(ds, "mug_00", tmp_path / "o", CutPasteConfig(backgrounds="generated"), seed=0)
+        syn.cut_and_paste(ds, "mug_00", tmp_path / "o",
+                          toybox_config("synthesize.cut_paste", backgrounds="generated"), seed=0)
     (ds.root / "mini_info.json").unlink()
     one = load_dataset(ds.root, category="dog")  # a single-category dataset, like Dogs or DF2
     assert one.categories == ("dog",)
@@ -410,13 +417,15 @@ def test_background_prompt_drops_the_subject_and_what_it_does():
 
 def test_configs_validate():
     with pytest.raises(ValueError):
-        SynthesizeConfig(n=0)
+        toybox_config("synthesize.positives", n=0)
     with pytest.raises(ValueError):
-        SynthesizeConfig(scheduler="euler")
+        toybox_config("synthesize.positives", scheduler="euler")
     with pytest.raises(ValueError):
-        NegativesConfig(count=5)
-    assert syn.TOYBOX_SYNTHESIZE.prompt_file == "toybox" and syn.PAPER_SYNTHESIZE.guidance == 5.0
-    assert math.ceil(syn.PAPER_SYNTHESIZE.n / 100) * 100 == 500
+        toybox_config("synthesize.negatives", count=5)
+    assert toybox_params()["synthesize"].positives.prompt_file == "toybox"
+    settings = resolve("pods-dinov2_vitb14")  # its prompt file is downloaded data: the overrides themselves
+    assert settings["synthesize.positives.guidance"] == 5.0
+    assert math.ceil(settings["synthesize.positives.n"] / 100) * 100 == 500  # file mode: 100 a scene prompt
 
 
 # ----------------------------------------------------------------------------- make_prompts

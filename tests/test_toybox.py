@@ -29,6 +29,7 @@ from prpg.toybox import (
     world_instances,
 )
 from prpg.toybox.scenes import Placed, Pose, _compose, _Layer, distractor_phrase, place, pose_words
+from tests.conftest import toybox_group
 
 SMALL = {
     "size": 64,
@@ -376,13 +377,14 @@ def test_pool_is_built_from_params_and_checked_against_them(tmp_path):
     from prpg.data.prepare import load_pool, prepare_pool
     from prpg.core.params import parse_group
 
-    common = parse_group("common", {"seed": 0})
-    data = parse_group("data", {"toybox": {**TINY, "instances_per_category": 2, "pool_per_category": 2}})
+    common = parse_group("common", toybox_group("common", {"seed": 0}))
+    world = {**TINY, "instances_per_category": 2, "pool_per_category": 2}
+    data = parse_group("data", toybox_group("data", {"toybox": world}))
     with pytest.raises(DatasetError, match="no toybox pool; build it with `prpg data build-pool`"):
         load_pool(data, tmp_path)
     root = prepare_pool(common, data, tmp_path)
     assert root == tmp_path / "toybox_pool" and not (tmp_path / "toybox").exists()
     assert len(load_pool(data, tmp_path).instances) == 10
-    stale = parse_group("data", {"toybox": {**TINY, "instances_per_category": 2, "pool_per_category": 3}})
+    stale = parse_group("data", toybox_group("data", {"toybox": {**world, "pool_per_category": 3}}))
     with pytest.raises(DatasetError, match="params say data.toybox.pool_per_category=3"):
         load_pool(stale, tmp_path)

@@ -16,10 +16,7 @@ import torch
 from PIL import Image
 
 from prpg.core.backbones import embed_images, from_model, vit
-from prpg.core.configs import TrainConfig
 from prpg.train.contrastive import (
-    PAPER_TRAIN,
-    TOYBOX_TRAIN,
     add_lora,
     fit,
     hinge,
@@ -40,6 +37,7 @@ from prpg.train.triplets import (
     positives_per_source,
     save_triplets,
 )
+from tests.conftest import experiment_params, toybox_params, toybox_config
 
 torch.set_num_threads(1)
 # make_triplets warns when fewer than num_synthetic (450) positives exist, as the reference; tests use few.
@@ -104,7 +102,7 @@ def world(tmp_path_factory):
     )
 
 
-FAST = TrainConfig(num_triplets=32, batch=8, epochs=1, lr=3e-3, lora_alpha=16.0)
+FAST = toybox_config("train", num_triplets=32, batch=8, epochs=1, lr=3e-3, lora_alpha=16.0)
 
 
 def world_triplets(world, n: int = 32, seed: int = 0) -> list[Triplet]:
@@ -223,7 +221,7 @@ def test_triplets_fallback_to_real_and_augmented_real_baseline():
     base = make_triplets(REAL, {"real": REAL}, NEG, num_triplets=50, seed=0)  # baseline: real as positives
     assert {t.positive_path for t in base} == set(REAL)
     with pytest.warns(UserWarning, match="fewer than num_synthetic=450"):
-        make_triplets(REAL, SYN, NEG, num_triplets=5)
+        make_triplets(REAL, SYN, NEG, num_synthetic=450, num_triplets=5)
 
 
 def test_positives_per_source_counts_distinct_images(tmp_path):
@@ -266,16 +264,16 @@ def test_triplets_csv_round_trip_and_reference_format(tmp_path):
 # --- LoRA training ---------------------------------------------------------------------------------------
 
 
-def test_config_defaults_are_the_paper_and_typos_fail():
-    c = PAPER_TRAIN
+def test_paper_training_settings_and_typos_fail():
+    c = experiment_params("pods-dinov2_vitb14", "train")["train"]
     assert (c.loss, c.temperature, c.margin, c.feature) == ("info_nce", 0.07, 0.05, "cls+patch")
     assert (c.lora_r, c.lora_alpha, c.lora_dropout) == (16, 0.5, 0.3)
     assert (c.lr, c.betas, c.weight_decay) == (3e-4, (0.5, 0.999), 0)
     assert (c.batch, c.epochs, c.max_steps, c.augment, c.ref_type) == (16, 2, None, True, "real")
     assert (c.num_synthetic, c.num_triplets, c.device, c.num_workers) == (450, 4500, "cpu", 0)
-    assert TOYBOX_TRAIN.num_triplets < PAPER_TRAIN.num_triplets
+    assert toybox_params()["train"].num_triplets == 320 < c.num_triplets
     with pytest.raises(Exception, match="lora_rank"):
-        TrainConfig(lora_rank=4)  # type: ignore[call-arg]
+        toybox_config("train", lora_rank=4)  # type: ignore[call-arg]
 
 
 def test_lora_on_qkv_only_adapters_train_and_input_untouched(world):
@@ -432,7 +430,7 @@ def test_toybox_training_increases_the_instance_separation(toybox_world, tmp_pat
         a, own, other = (embed_images(bb, x) for x in (real, held_out, mate_test))
         return float((a @ own.T).mean() - (a @ other.T).mean())
 
-    cfg = dataclasses.replace(TOYBOX_TRAIN, num_triplets=320, epochs=1)
+    cfg = dataclasses.replace(toybox_params()["train"], num_triplets=320, epochs=1)
     triplets = make_triplets(real, {"views": positives}, negatives, num_triplets=cfg.num_triplets, seed=0)
     train(base, triplets, cfg, seed=0, out_dir=tmp_path / "run", progress=False)
     before, after = separation(base), separation(load_personalized(base, tmp_path / "run"))

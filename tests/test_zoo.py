@@ -9,15 +9,22 @@ import pytest
 import torch
 from sklearn.metrics import average_precision_score
 
-from prpg.core.configs import DreamBoothConfig, EncoderConfig, GeneratorConfig
 from prpg.zoo import gates
 from prpg.zoo.tokenizer import build_clip_tokenizer
+from tests.conftest import toybox_config
 
 ROOT = Path(__file__).resolve().parents[1]
 SHIPPED = ROOT / "models/toybox"
 # A same-architecture generator small enough to train in seconds.
+# A tiny generator; training extras (crops, object weighting, close-ups) off unless a test turns one on.
 TINY_GEN = dict(resolution=32, vae_channels=(8, 16), unet_channels=(16, 32), attention_head_dim=4, text_hidden=16,
-                text_layers=1, text_heads=1, max_length=16)
+                text_layers=1, text_heads=1, max_length=16, vae_crop=None, object_weight=1.0, object_region="mask",
+                object_zoom=None)
+
+
+def tiny_gen(**changes):
+    """The toybox generator config at TINY_GEN's size, with `changes`."""
+    return toybox_config("pretrain.generator", **{**TINY_GEN, **changes})
 
 
 def test_tokenizer_gives_openai_clip_ids(tmp_path):
@@ -89,7 +96,8 @@ def test_encoder_views_and_augmentation_keep_the_object_under_its_mask():
 
     from prpg.zoo.encoder import augment, cut_views
 
-    cfg = EncoderConfig(image_size=32, resize=36, texture_swap=0.0, background_swap=0.0, rotation=0.0, jitter=0.0,
+    cfg = toybox_config("pretrain.encoder", image_size=32, resize=36, texture_swap=0.0,
+                        background_swap=0.0, rotation=0.0, jitter=0.0,
                         grayscale=0.0)
     a = np.zeros((64, 64, 3), np.uint8)
     a[20:40, 10:50] = (255, 0, 0)  # a red 40 x 20 object on black
@@ -123,13 +131,14 @@ def test_micro_pretraining_saves_loadable_models(tmp_path):
     masks = [np.zeros((40, 40), bool) for _ in range(6)]
     for k, m in enumerate(masks):
         m[5 + k : 30, 10 : 20 + k] = True
-    ecfg = EncoderConfig(image_size=32, resize=36, patch_size=8, embed_dim=32, depth=1, heads=2, steps=2, batch=4)
+    ecfg = toybox_config("pretrain.encoder", image_size=32, resize=36, patch_size=8, embed_dim=32,
+                         depth=1, heads=2, steps=2, batch=4)
     stats = pretrain_encoder(images, masks, [0, 1, 2, 0, 1, 2], 3, tmp_path / "enc", ecfg, seed=0)
     assert stats["params"] > 0 and len(stats["losses"]) == 2
     enc = load_backbone(tmp_path / "enc")
     assert embed(enc, images, eval_transform(ecfg)).shape == (6, 32)
 
-    gcfg = GeneratorConfig(**TINY_GEN, vae_steps=2, vae_batch=2, unet_steps=2, unet_batch=2, category_caption=0.5,
+    gcfg = tiny_gen(vae_steps=2, vae_batch=2, unet_steps=2, unet_batch=2, category_caption=0.5,
                            object_weight=4.0, object_zoom=(1.2, 2.0))
     gstats = pretrain_generator(images, ["a photo of a mug on a wooden table"] * 6, tmp_path / "gen", gcfg, seed=0,
                                 work_dir=tmp_path / "w", categories=["mug"] * 6, masks=masks)
@@ -153,12 +162,12 @@ def test_dreambooth_trains_unet_and_text_encoder_only(tmp_path):
     from prpg.zoo.generator import build_pipeline
 
     torch.manual_seed(0)
-    gcfg = GeneratorConfig(**TINY_GEN)
+    gcfg = tiny_gen()
     pipe = build_pipeline(gcfg, build_clip_tokenizer(tmp_path, max_length=16))
     before = {n: {k: v.clone() for k, v in getattr(pipe, n).state_dict().items()} for n in ("unet", "vae", "text_encoder")}
     rng = np.random.default_rng(0)
     ims = [Image.fromarray(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)) for _ in range(3)]
-    losses = dreambooth(pipe, ims, ims[:2], "mug", DreamBoothConfig(steps=3, lr=1e-3), seed=0)
+    losses = dreambooth(pipe, ims, ims[:2], "mug", toybox_config("personalize", steps=3, lr=1e-3), seed=0)
     assert len(losses) == 3 and all(np.isfinite(losses))
     changed = {n: any(not torch.equal(v, getattr(pipe, n).state_dict()[k]) for k, v in sd.items()) for n, sd in before.items()}
     assert changed == {"unet": True, "vae": False, "text_encoder": True}
@@ -172,7 +181,7 @@ def test_shipped_models_load_offline_with_the_right_shapes(monkeypatch):
 
     monkeypatch.chdir(ROOT)
     enc = load_backbone("toybox")
-    dim = EncoderConfig().embed_dim
+    dim = toybox_config("pretrain.encoder").embed_dim
     assert enc(torch.randn(1, 3, 64, 64)).shape == (1, dim)
     assert enc.forward_features(torch.randn(1, 3, 128, 128)).shape == (1, 1 + 16 * 16, dim)
     pipe = load_generator(TOYBOX_GENERATOR)
@@ -189,7 +198,7 @@ def test_vae_trains_on_random_crops_of_the_configured_size(tmp_path, crop, seen)
     """`vae_crop` feeds the VAE random crops (a crop larger than the image means the whole image)."""
     from prpg.zoo.generator import build_pipeline, train_vae
 
-    cfg = GeneratorConfig(**TINY_GEN, vae_steps=3, vae_batch=2, vae_crop=crop)
+    cfg = tiny_gen(vae_steps=3, vae_batch=2, vae_crop=crop)
     vae = build_pipeline(cfg, build_clip_tokenizer(tmp_path / "tok", max_length=16)).vae
     shapes, encode = [], vae.encode
     vae.encode = lambda x: shapes.append(tuple(x.shape)) or encode(x)
@@ -200,7 +209,7 @@ def test_vae_trains_on_random_crops_of_the_configured_size(tmp_path, crop, seen)
 
 def test_vae_crop_must_be_positive():
     with pytest.raises(ValueError, match="vae_crop"):
-        GeneratorConfig(vae_crop=0)
+        toybox_config("pretrain.generator", vae_crop=0)
 
 
 @pytest.mark.parametrize("share, expect", [(0.0, {"full"}), (1.0, {"bare"}), (0.5, {"full", "bare"})])
@@ -208,7 +217,7 @@ def test_category_caption_swaps_in_the_bare_category_prompt(tmp_path, share, exp
     """`category_caption` trains that share of samples on "a photo of a {category}" instead of the caption."""
     from prpg.zoo.generator import build_pipeline, tokenize, train_denoiser
 
-    cfg = GeneratorConfig(**TINY_GEN, unet_steps=4, unet_batch=4, caption_dropout=0.0, category_caption=share)
+    cfg = tiny_gen(unet_steps=4, unet_batch=4, caption_dropout=0.0, category_caption=share)
     tok = build_clip_tokenizer(tmp_path / "tok", max_length=16)
     pipe = build_pipeline(cfg, tok)
     full = tokenize(tok, ["a photo of a mug on a wooden table"] * 3)
@@ -226,8 +235,8 @@ def test_category_caption_needs_the_categories(tmp_path):
     from prpg.zoo.generator import pretrain_generator
 
     with pytest.raises(ValueError, match="category_caption"):
-        GeneratorConfig(category_caption=1.5)
-    cfg = GeneratorConfig(**TINY_GEN, category_caption=0.3)
+        toybox_config("pretrain.generator", category_caption=1.5)
+    cfg = tiny_gen(category_caption=0.3)
     with pytest.raises(ValueError, match="one category per training image"):
         pretrain_generator([None] * 2, ["a photo of a mug"] * 2, tmp_path / "g", cfg, seed=0, work_dir=tmp_path)
 
@@ -262,7 +271,7 @@ def test_denoiser_weighs_each_sample_with_its_own_map(tmp_path, monkeypatch):
     """The loss weights follow the images drawn for the batch (the first draw of each step's generator)."""
     from prpg.zoo import generator as G
 
-    cfg = GeneratorConfig(**TINY_GEN, unet_steps=1, unet_batch=3, object_weight=2.0)
+    cfg = tiny_gen(unet_steps=1, unet_batch=3, object_weight=2.0)
     tok = build_clip_tokenizer(tmp_path / "tok", max_length=16)
     pipe = G.build_pipeline(cfg, tok)
     mean = torch.randn(5, cfg.latent_channels, 16, 16)
@@ -281,8 +290,8 @@ def test_object_weight_needs_the_masks(tmp_path):
     from prpg.zoo.generator import build_pipeline, pretrain_generator, tokenize, train_denoiser
 
     with pytest.raises(ValueError, match="object_weight"):
-        GeneratorConfig(object_weight=0.5)
-    cfg = GeneratorConfig(**TINY_GEN, object_weight=3.0)
+        toybox_config("pretrain.generator", object_weight=0.5)
+    cfg = tiny_gen(object_weight=3.0)
     with pytest.raises(ValueError, match="one object mask per training image"):
         pretrain_generator([None] * 2, ["a photo of a mug"] * 2, tmp_path / "g", cfg, seed=0, work_dir=tmp_path)
     tok = build_clip_tokenizer(tmp_path / "tok", max_length=16)
@@ -309,7 +318,7 @@ def test_object_region_chooses_what_the_loss_weighs(tmp_path, monkeypatch, regio
 
     from prpg.zoo import generator as G
 
-    cfg = GeneratorConfig(**TINY_GEN, vae_steps=1, object_weight=3.0, object_region=region)
+    cfg = tiny_gen(vae_steps=1, object_weight=3.0, object_region=region)
     mask = np.zeros((32, 32), bool)
     mask[4:12, 4:8] = mask[4:12, 20:24] = True  # two bars 8 px apart: the box also covers the gap
     seen = {}
@@ -328,7 +337,7 @@ def test_object_region_chooses_what_the_loss_weighs(tmp_path, monkeypatch, regio
     # 2x2-px latents (16x16 at 32 px): the bars cover 2 x (4 x 2) latents, their box 4 x 10
     assert (seen["weights"] > 1).sum() == (16 if region == "mask" else 40) * 2
     with pytest.raises(ValueError, match="object_region"):
-        GeneratorConfig(object_region="blob")
+        toybox_config("pretrain.generator", object_region="blob")
 
 
 def test_object_closeup_box_by_hand():
@@ -368,11 +377,11 @@ def test_object_closeups_are_seeded_and_cut_image_and_mask_alike():
     sizes = {c.size[0] for c in object_closeups([Image.fromarray(a) for a in arrays], masks, (1.2, 2.0), seed=4)[0]}
     assert sizes != {c.size[0] for c in crops}  # another seed, other factors
     with pytest.raises(ValueError, match="object_zoom"):
-        GeneratorConfig(object_zoom=(2.0, 1.2))
+        toybox_config("pretrain.generator", object_zoom=(2.0, 1.2))
     with pytest.raises(ValueError, match="one object mask per training image"):
         from prpg.zoo.generator import pretrain_generator
 
-        pretrain_generator([None] * 2, ["a"] * 2, Path("unused"), GeneratorConfig(**TINY_GEN, object_zoom=(1.2, 2.0)),
+        pretrain_generator([None] * 2, ["a"] * 2, Path("unused"), tiny_gen(object_zoom=(1.2, 2.0)),
                            seed=0, work_dir=Path("unused"))
 
 
@@ -386,7 +395,7 @@ def test_generator_pretraining_on_cuda_makes_the_cpu_draws(tmp_path):
 
     rng = np.random.default_rng(0)
     images = [Image.fromarray(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)) for _ in range(4)]
-    cfg = GeneratorConfig(**TINY_GEN, vae_steps=2, vae_batch=2, unet_steps=2, unet_batch=2)
+    cfg = tiny_gen(vae_steps=2, vae_batch=2, unet_steps=2, unet_batch=2)
     runs = [pretrain_generator(images, ["a photo of a mug"] * 4, tmp_path / d, cfg, seed=0, work_dir=tmp_path / f"w{d}",
                                device=d)["losses"] for d in ("cpu", "cuda")]
     assert np.allclose(runs[0]["vae"], runs[1]["vae"], rtol=1e-3) and np.allclose(runs[0]["unet"], runs[1]["unet"], rtol=1e-3)
@@ -408,7 +417,7 @@ def test_shipped_encoder_probe_reproduces_its_card():
     if not (pool_root.is_dir() and world_root.is_dir()):
         pytest.skip("needs the default world and pool: `dvc repro data` and `prpg data build-pool`")
     pool, world = load_dataset(pool_root), load_dataset(world_root)
-    enc, tf = load_backbone(SHIPPED / "encoder"), eval_transform(EncoderConfig())
+    enc, tf = load_backbone(SHIPPED / "encoder"), eval_transform(toybox_config("pretrain.encoder"))
 
     train = [r for s in ("train", "test") for r in pool.images(s)]
     val = [r for i in world.instances_in(split="val") for s in ("train", "test") for r in world.images(s, i.name)]

@@ -47,22 +47,6 @@ LORA_TEXT_TARGETS = ["q_proj", "k_proj", "v_proj", "out_proj"]  # ... and of the
 LORA_WEIGHTS = "pytorch_lora_weights.safetensors"  # diffusers' file name, read by load_lora_weights
 MASK_FLOOR = 0.01  # background weight before normalisation (reference: (mask + 0.01) / max)
 
-# The paper's run (configs/run/train_dreambooth*.sh): SD 1.5 at 512 px, lr 2e-6 constant, 400 steps,
-# batch 1, prior preservation with 200 class images, text encoder trained, 8-bit AdamW, gradient
-# checkpointing, fp32. The masked variant is `dataclasses.replace(PAPER_DREAMBOOTH, masked=True)`.
-PAPER_DREAMBOOTH = DreamBoothConfig(
-    steps=400, lr=2e-6, batch=1, prior_weight=1.0, train_text_encoder=True, identifier="<new1>",
-    max_grad_norm=1.0, mode="full", masked=False, num_class_images=200, class_steps=50, class_guidance=7.5,
-    class_batch=4, resolution=512, center_crop=False, random_flip=False, gradient_checkpointing=True,
-    use_8bit_adam=True, mixed_precision="no", device="auto",
-)
-# The toybox generator (64 px, ~10 M parameters) on CPU: the paper's 2e-6 x 400 barely moves a model
-# this small, 1e-4 x 200 does (the setting the toybox DreamBooth smoke gate is measured with). Class
-# images use CFG 5, the guidance the toybox generator's category gate is measured at.
-TOYBOX_DREAMBOOTH = dataclasses.replace(
-    PAPER_DREAMBOOTH, steps=200, lr=1e-4, resolution=None, class_guidance=5.0, gradient_checkpointing=False,
-    use_8bit_adam=False, device="cpu",
-)
 
 
 class DreamBoothError(ValueError):

@@ -48,18 +48,6 @@ RECORD_JSON = "generation.json"  # what a shared folder was made with; reused on
 PASTES_CSV = "pastes.csv"
 
 
-PAPER_SYNTHESIZE = SynthesizeConfig()
-PAPER_NEGATIVES = NegativesConfig()
-PAPER_CUT_PASTE = CutPasteConfig()
-# Toybox: 64 px generator on CPU. 100 positives = each toybox scene prompt once; guidance 5 is the
-# paper default and what the toybox generator's quality gates were run at.
-TOYBOX_SYNTHESIZE = SynthesizeConfig(n=100, prompt_file="toybox", batch=25)
-# 200 negatives per category: toybox instances differ in a handful of attributes (colour, pattern,
-# decal, shape), which 200 samples cover; 1000 images for the 5 categories (~12 min on one CPU core).
-TOYBOX_NEGATIVES = NegativesConfig(n=200, guidance=5.0, batch=25)
-TOYBOX_CUT_PASTE = CutPasteConfig(n=100, size=128, background_prompt_file="toybox", guidance=5.0, batch=25)
-
-
 # ----------------------------------------------------------------------------- sampling
 
 

@@ -21,6 +21,7 @@ from prpg.core.configs import (
     EncoderConfig,
     EvalConfig,
     FilterConfig,
+    GateDreamBoothConfig,
     GeneratorConfig,
     NegativesConfig,
     SynthesizeConfig,
@@ -38,18 +39,18 @@ class _Group(BaseModel):
 
 
 class CommonParams(_Group):
-    seed: int = Field(0, ge=0)
-    device: Literal["cpu", "cuda", "auto"] = "cpu"
+    seed: int = Field(ge=0)
+    device: Literal["cpu", "cuda", "auto"]
     # torch's CPU threads in each stage process. Pinned, because CPU results depend on it (a reduction
     # split over more threads adds in another order): 2 gives the committed toybox metrics on any
     # machine. null: torch's default (the machine's cores), which makes results machine-dependent.
-    threads: int | None = Field(2, ge=1)
+    threads: int | None = Field(ge=1)
     # toybox (embedded default) or a PODS-format dataset under data/: pods, dogs, df2, or your own.
-    dataset: str = "toybox"
-    data_root: str = "outputs/data/toybox"
+    dataset: str
+    data_root: str
     # What the data comes from, as a DVC dependency of the data stage: the toybox generator's code,
     # or the downloaded dataset folder (e.g. data/pods) for real runs.
-    data_source: str = "src/prpg/toybox"
+    data_source: str
 
     @model_validator(mode="after")
     def _toybox_root(self) -> CommonParams:
@@ -59,14 +60,14 @@ class CommonParams(_Group):
 
 
 class ToyboxParams(_Group):
-    size: int = Field(128, ge=32, le=1024)
-    instances_per_category: int = Field(20, ge=2)
-    val_per_category: int = Field(6, ge=0)
-    pool_per_category: int = Field(50, ge=1)
-    test_per_split: int = Field(6, ge=1)
-    dense_per_split: int = Field(3, ge=1)
-    pool_test_per_split: int = Field(4, ge=0)
-    workers: int = Field(2, ge=1)
+    size: int = Field(ge=32, le=1024)
+    instances_per_category: int = Field(ge=2)
+    val_per_category: int = Field(ge=0)
+    pool_per_category: int = Field(ge=1)
+    test_per_split: int = Field(ge=1)
+    dense_per_split: int = Field(ge=1)
+    pool_test_per_split: int = Field(ge=0)
+    workers: int = Field(ge=1)
 
     @model_validator(mode="after")
     def _split(self) -> ToyboxParams:
@@ -76,46 +77,46 @@ class ToyboxParams(_Group):
 
 
 class DataParams(_Group):
-    min_train_images: int = Field(3, ge=1)
-    require_train_masks: bool = True
-    gallery_instances_per_category: int = Field(1, ge=1)
-    toybox: ToyboxParams = ToyboxParams()
+    min_train_images: int = Field(ge=1)
+    require_train_masks: bool
+    gallery_instances_per_category: int = Field(ge=1)
+    toybox: ToyboxParams
 
 
 class GatesParams(_Group):
     """Quality gates of the toybox models (numbers go into the model cards)."""
 
-    samples_per_category: int = Field(16, ge=1)
-    sample_steps: int = Field(50, ge=1)  # SD's pipeline default
-    guidance: float = Field(5.0, ge=0)  # the paper's best CFG
-    dreambooth_instance: str = "mug_06"  # the first test-split mug
-    dreambooth_class_images: int = Field(32, ge=1)
-    dreambooth_samples: int = Field(16, ge=1)
+    samples_per_category: int = Field(ge=1)
+    sample_steps: int = Field(ge=1)
+    guidance: float = Field(ge=0)
+    dreambooth_instance: str  # an instance of the toybox world
+    dreambooth_class_images: int = Field(ge=1)
+    dreambooth_samples: int = Field(ge=1)
 
 
 class PretrainParams(_Group):
     """Pretraining of the toybox model zoo (frozen stage: the models ship in models/toybox)."""
 
-    encoder: EncoderConfig = EncoderConfig()
-    generator: GeneratorConfig = GeneratorConfig()
+    encoder: EncoderConfig
+    generator: GeneratorConfig
     # The generator learns what categories look like from the first N pool instances per category
     # (pool instances are drawn by name, so these are the same in any larger pool); the encoder uses
     # the whole pool: telling categories apart across unseen instances needs many instances.
-    generator_pool_per_category: int = Field(50, ge=1)
+    generator_pool_per_category: int = Field(ge=1)
     # DreamBooth smoke gate, tuned for the tiny generator on CPU (the paper's 2e-6 x 400 is for SD 1.5).
-    dreambooth: DreamBoothConfig = DreamBoothConfig(steps=200, lr=1e-4)
-    gates: GatesParams = GatesParams()
+    dreambooth: GateDreamBoothConfig
+    gates: GatesParams
 
 
 class RunParams(_Group):
     """What the per-category and per-instance stages run over (dvc.yaml `foreach`). No stage lists
     this group as a param: adding an instance adds stages, it does not invalidate the others."""
 
-    categories: list[str] = []
+    categories: list[str]
     # params.yaml: `<instance>: {category: <category>}`, so dvc.yaml reads `${key}` (the instance) and
     # `${item.category}`. A mapping, not a list: DVC names a list's stages by position (personalize@0).
     # Parsed here to instance -> category.
-    instances: dict[str, str] = {}
+    instances: dict[str, str]
 
     @field_validator("instances", mode="before")
     @classmethod
@@ -156,8 +157,8 @@ class ModelsParams(_Group):
     folder under models/ (toybox). DVC tracks a hub model by this param and local folders through the
     stages' `models` dependency, so a local folder elsewhere would change results unseen."""
 
-    generator: str = "models/toybox/generator"  # paper: stable-diffusion-v1-5/stable-diffusion-v1-5
-    backbone: str = "toybox"  # paper: dinov2_vitb14 | clip_vitb16 | mae_vitb16
+    generator: str
+    backbone: str  # a paper backbone name (prpg.core.models.PAPER_BACKBONES), toybox, a folder or a hub id
 
     _backbone = field_validator("backbone")(check_backbone)  # a supported name, a local folder or a hub id
 
@@ -173,15 +174,15 @@ class ModelsParams(_Group):
 
 
 class SynthesisParams(_Group):
-    positives: SynthesizeConfig = SynthesizeConfig()
-    negatives: NegativesConfig = NegativesConfig()
-    cut_paste: CutPasteConfig = CutPasteConfig()
+    positives: SynthesizeConfig
+    negatives: NegativesConfig
+    cut_paste: CutPasteConfig
 
 
-@dataclass(frozen=True, config=ConfigDict(extra="forbid"))
+@dataclass(frozen=True, kw_only=True, config=ConfigDict(extra="forbid"))
 class FilterStageConfig(FilterConfig):
-    n_keep: int = Field(50, ge=1)  # positives to keep per instance (reference --n)
-    sample_more: bool = True  # when the synthesized set runs out, sample more (up to max_attempts)
+    n_keep: int = Field(ge=1)  # positives to keep per instance (reference --n)
+    sample_more: bool  # when the synthesized set runs out, sample more (up to max_attempts)
 
 
 # Where the train stage finds each kind of positive (per instance); "real" = the real train images
@@ -194,11 +195,11 @@ POSITIVE_SOURCES = {
 }
 
 
-@dataclass(frozen=True, config=ConfigDict(extra="forbid"))
+@dataclass(frozen=True, kw_only=True, config=ConfigDict(extra="forbid"))
 class TrainStageConfig(TrainConfig):
     # Generation-method comparison: dreambooth_filtered (the paper's best set), dreambooth (unfiltered),
     # cut_paste, real (real only), or a mix, e.g. [dreambooth_filtered, cut_paste] ("combined").
-    sources: tuple[Literal["dreambooth_filtered", "dreambooth", "cut_paste", "real"], ...] = ("dreambooth_filtered",)
+    sources: tuple[Literal["dreambooth_filtered", "dreambooth", "cut_paste", "real"], ...]
 
     def __post_init__(self):
         if not self.sources:
@@ -229,6 +230,8 @@ def _format(group: str, err: ValidationError, source: str) -> str:
         msg = e["msg"].removeprefix("Value error, ")
         if e["type"] in ("extra_forbidden", "unexpected_keyword_argument"):  # models / dataclasses say it apart
             msg = "unknown key (no such parameter: check the spelling)"
+        if e["type"] in ("missing", "missing_keyword_argument"):
+            value, msg = "", "field required (add it)"
         # A whole-group check whose message already names its keys ("run.instances: ...") is not prefixed again.
         problems.append(msg if not e["loc"] and msg.startswith(f"{group}.") else f"{key}{value}: {msg}")
     return (f"{source}: invalid parameters in group '{group}': {'; '.join(problems)}; "
@@ -276,7 +279,9 @@ def load_params(path: str | Path = "params.yaml", source: str | None = None,
     if unknown:
         raise ParamsError(f"{name}: unknown params group(s) {unknown} ({_did_you_mean(unknown[0])}"
                           f"known: {', '.join(GROUPS)})")
-    groups = {group: parse_group(group, raw.get(group), name, root) for group in GROUPS}
+    # the file's own groups first, so that a wrong group is named before the groups it lacks
+    parsed = {group: parse_group(group, raw.get(group), name, root) for group in sorted(GROUPS, key=lambda g: g not in raw)}
+    groups = {group: parsed[group] for group in GROUPS}
     check_dataset_pairing(groups["common"], root, name)
     return groups
 

@@ -30,15 +30,8 @@ from prpg.evaluate.metrics import (
 )
 from prpg.aggregate import aggregate, bootstrap_ci  # torch-free, so the report can use them alone
 
-# The paper's dense geometry: a 64x64 patch grid (896 px for /14 models, 1024 px for /16).
-PAPER_EVAL = EvalConfig(dense_grid=64)
-# Toybox: 16x16 patches of the toybox encoder (/8) = its native 128 px images.
-TOYBOX_EVAL = EvalConfig(dense_grid=16)
-
 __all__ = [
-    "PAPER_EVAL",
     "TASKS",
-    "TOYBOX_EVAL",
     "DenseFeatures",
     "DenseRecord",
     "EvalConfig",

@@ -100,7 +100,7 @@ def _put(table: dict, values: Mapping[str, float], model: str, wanted: Sequence[
 
 
 def evaluate_instance(ds: Dataset, instance: str, models: Mapping[str, Backbone],
-                      cfg: EvalConfig = EvalConfig(), cache_dir: Path | None = None) -> dict:
+                      cfg: EvalConfig, cache_dir: Path | None = None) -> dict:
     """Every model of `models` (e.g. {"pretrained": ..., "personalized": ...}) on the instance's tasks.
     Features of the models named in cfg.cache_models are cached under cache_dir (features.py)."""
     if not models:

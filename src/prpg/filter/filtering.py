@@ -60,13 +60,6 @@ MIN_OBJECT_FRACTION = 1e-3
 PERSAM_POINT_SPACING = 0.1  # prompt points at least this fraction of the image's long side apart
 
 
-# The reference: DreamSim ensemble, PerSAM (SAM ViT-H) located with DINOv2-B/14 patch features on the
-# 64x64 grid of the dense eval (896 px for /14), threshold 0.6 on the mean, max_image_count 5000.
-PAPER_FILTER = FilterConfig(model="dreamsim", backbone="dinov2_vitb14", dreamsim_type="ensemble",
-                            localize="persam", dense_resolution=896, dense_input="sam_pad",
-                            persam="reference")
-# Toybox: filtering on toybox uses the toybox encoder, for similarity and localization alike.
-TOYBOX_FILTER = FilterConfig(model="backbone", backbone="toybox", localize="dense_otsu")
 
 
 # --- the real instance ---------------------------------------------------------------------------

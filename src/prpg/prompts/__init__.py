@@ -16,7 +16,7 @@ PODS categories, in the toybox world's caption vocabulary only; see scripts/make
 The paper's own lists (GPT-written, keyed by instance) are NOT shipped: they are the paper's inputs, like
 a dataset, and `prpg data download prompts` fetches them from the reference repository at a pinned
 commit, checksum verified, into data/prompts/ (REFERENCE_PROMPT_FILES; prpg.prompts.download). Paper
-experiments read them from there (prpg.runs.experiments.DATASETS).
+experiments read them from there (experiments/datasets/<dataset>.yaml).
 """
 
 from __future__ import annotations

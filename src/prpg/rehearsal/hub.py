@@ -36,7 +36,7 @@ import torch
 from torch import nn
 
 from prpg.core.atomic import atomic_dir
-from prpg.core.configs import FilterConfig
+from prpg.core.configs import SAM
 from prpg.core.models import PAPER_BACKBONES, PAPER_GENERATOR
 
 SHAPES = ("mini", "paper")
@@ -45,7 +45,7 @@ HUB_VERSION = "1"
 # The one commit every rehearsal repo is stored under (the cache layout needs a 40-hex name).
 COMMIT = hashlib.sha1(b"prpg rehearsal hub").hexdigest()
 STAMP = ".prpg-rehearsal.json"  # marker: which (shape, seed, version) a folder holds
-SAM_ID = FilterConfig().sam
+SAM_ID = SAM
 INIT_STD = 0.02  # random weights: N(0, 0.02) matrices, zero biases, unit norm scales
 
 IMAGENET_MEAN, IMAGENET_STD = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]

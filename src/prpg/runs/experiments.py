@@ -1,5 +1,8 @@
 """Named experiments: each is one `dvc exp run` with the parameter overrides that define it.
 
+The overrides live in YAML files under the repository's experiments/ folder (files_of: which files a
+name stands for): a file maps dotted params keys to values and may `extends` other files first.
+
 `prpg exp NAME` runs it (`--queue` queues it, `--dry` prints the command). Paper runs need a GPU and
 the real datasets/models (see README); toybox runs work offline on CPU. Sweeps use DVC's Hydra syntax
 (`-S 'key=a,b,c'`) and therefore go through the queue: `dvc queue start -j N` runs them.
@@ -11,120 +14,139 @@ import shlex
 from collections.abc import Sequence
 from pathlib import Path
 
-# The paper's settings (protocol §1): SD 1.5 DreamBooth at 512 px, 450 LLM-prompt positives at CFG 5,
-# DreamSim + PerSAM filtering at 0.6, 4500 triplets, LoRA r 16 / alpha 0.5, lr 3e-4, 64x64 dense grid.
-PAPER = {
-    "models.generator": "stable-diffusion-v1-5/stable-diffusion-v1-5",
-    "common.device": "cuda",
-    "personalize.steps": 400, "personalize.lr": 2e-6, "personalize.num_class_images": 200,
-    "personalize.class_steps": 50, "personalize.class_guidance": 7.5, "personalize.class_batch": 4,
-    "personalize.masked": True, "personalize.gradient_checkpointing": True, "personalize.use_8bit_adam": True,
-    "personalize.resolution": 512, "personalize.save_dtype": "fp16",
-    "synthesize.positives.n": 450, "synthesize.positives.steps": 50, "synthesize.positives.guidance": 5.0,
-    "synthesize.positives.batch": 8,
-    "synthesize.negatives.n": 1000, "synthesize.negatives.steps": 50, "synthesize.negatives.guidance": 7.5,
-    "synthesize.negatives.batch": 8,
-    "synthesize.cut_paste.n": 450, "synthesize.cut_paste.size": 512, "synthesize.cut_paste.steps": 50,
-    "synthesize.cut_paste.guidance": 7.5, "synthesize.cut_paste.n_generated_backgrounds": 100,
-    "synthesize.cut_paste.batch": 8,
-    # n_keep 450: generate_data.py's own default (`--n 450`, accepted images per instance) and what training
-    # keeps (run_pipeline_*.yaml `num_synthetic: 450`). The shipped launch scripts' `--n 100`
-    # (configs/run/generate_data*.sh) is their one-instance example, unfiltered script included.
-    "filter.model": "dreamsim", "filter.localize": "persam", "filter.threshold": 0.6, "filter.n_keep": 450,
-    "filter.max_attempts": 5000, "filter.backbone": "dinov2_vitb14",
-    # the reference's localization: SAM-style padded canvas at 896 px (64x64 grid), its full PerSAM
-    "filter.dense_resolution": 896, "filter.dense_input": "sam_pad", "filter.persam": "reference",
-    "train.lora_alpha": 0.5, "train.lr": 3e-4, "train.num_triplets": 4500, "train.num_synthetic": 450,
-    # The reference trains in fp32 (Lightning's default precision); bf16 autocast is our speed option.
-    "train.bf16": False,
-    "evaluate.dense_grid": 64,
-    # the reference's evaluation rules (prpg.evaluate.protocol), its box placement and threshold mode
-    "evaluate.protocol": "reference", "evaluate.box_geometry": "reference", "evaluate.dense_mode": "threshold",
-}
-
-
-def reference_prompts(dataset: str) -> dict:
-    """The paper's scene prompts (the reference's GPT-written gpt_prompts_<dataset>.json, keyed by instance;
-    `prpg data download prompts` puts them in data/prompts) for the positives and the generated
-    backgrounds, each with data/prompts as its DVC dependency."""
-    from prpg.prompts import PROMPTS_DIR, reference_prompt_file
-
-    path = reference_prompt_file(dataset)
-    return {"synthesize.positives.prompt_file": path, "synthesize.positives.prompt_source": PROMPTS_DIR,
-            "synthesize.cut_paste.background_prompt_file": path,
-            "synthesize.cut_paste.background_prompt_source": PROMPTS_DIR}
-
-
-DATASETS = {
-    "pods": {"common.dataset": "pods", "common.data_root": "data/pods", "common.data_source": "data/pods",
-             **reference_prompts("pods")},
-    "dogs": {"common.dataset": "dogs", "common.data_root": "data/dogs", "common.data_source": "data/dogs",
-             **reference_prompts("dogs"), "synthesize.cut_paste.real_source": "other_instances"},
-    "df2": {"common.dataset": "df2", "common.data_root": "data/df2", "common.data_source": "data/df2",
-            **reference_prompts("df2"), "synthesize.cut_paste.real_source": "other_instances"},
-}
-BACKBONES = ("dinov2_vitb14", "clip_vitb16", "mae_vitb16")
-# Generation-method comparison (paper §4.2): which positives train the representation.
-METHODS = {
-    "real": {"train.sources": "[real]", "personalize.masked": False},
-    "dreambooth": {"train.sources": "[dreambooth_filtered]", "personalize.masked": False},
-    "masked_dreambooth": {"train.sources": "[dreambooth_filtered]", "personalize.masked": True},
-    "cut_paste": {"train.sources": "[cut_paste]", "personalize.masked": False},
-    "combined": {"train.sources": "[dreambooth_filtered,cut_paste]", "personalize.masked": True},
-}
-SWEEPS = {
-    "cfg": {"synthesize.positives.guidance": "4,5,7.5"},
-    "loss": {"train.loss": "info_nce,multi_pos,hinge"},
-}
-
+import yaml
 
 class UnknownExperimentError(KeyError, ValueError):
-    """An experiment name with an unknown part. A KeyError (what callers caught so far) and a ValueError
-    (so `prpg` prints it as one line); str() is the plain message, not KeyError's quoted repr."""
+    """An experiment name with no file behind one of its parts. A KeyError (what callers caught so far) and a
+    ValueError (so `prpg` prints it as one line); str() is the plain message, not KeyError's quoted repr."""
 
     def __str__(self) -> str:
         return str(self.args[0]) if self.args else ""
 
 
-def paper_experiment(dataset: str, backbone: str, method: str = "masked_dreambooth") -> dict:
-    """Overrides of one paper run, e.g. paper_experiment("pods", "dinov2_vitb14")."""
-    if dataset not in DATASETS:
-        raise UnknownExperimentError(f"unknown dataset {dataset!r}; known: {', '.join(DATASETS)}")
-    if backbone not in BACKBONES:
-        raise UnknownExperimentError(f"unknown backbone {backbone!r}; known: {', '.join(BACKBONES)}")
-    if method not in METHODS:
-        raise UnknownExperimentError(f"unknown method {method!r}; known: {', '.join(METHODS)}")
-    return {**PAPER, **DATASETS[dataset], "models.backbone": backbone, **METHODS[method]}
+class ExperimentFileError(ValueError):
+    """A file under experiments/ that is not a mapping of dotted params keys to values."""
+
+
+FOLDER = "experiments"
+METHODS_FOLDER, SWEEPS_FOLDER = "methods", "sweeps"
+SWEEP_MARK = "-sweep-"
+GRAMMAR = "<base>[-<method>][-sweep-<sweep>]"
+
+
+def experiments_dir() -> Path:
+    """The experiments/ folder of the repository around the cwd, else of the checkout this package runs
+    from (an editable install: tests and scripts that work in a temporary folder)."""
+    from prpg.core.paths import repo_root
+
+    for start in (Path.cwd(), Path(__file__).parent):
+        try:
+            folder = repo_root(start) / FOLDER
+        except FileNotFoundError:
+            continue
+        if folder.is_dir():
+            return folder
+    raise UnknownExperimentError(f"no {FOLDER}/ folder found: named experiments are its YAML files; run from "
+                                 "the repository root")
+
+
+def names_in(subfolder: str = "") -> list[str]:
+    """The experiment files of experiments/<subfolder> by name (file name without .yaml), sorted."""
+    return sorted(p.stem for p in (experiments_dir() / subfolder).glob("*.yaml"))
+
+
+def _read(rel: str) -> dict:
+    """experiments/<rel>.yaml as a dict (its `extends` still in it), or one ExperimentFileError."""
+    path = experiments_dir() / f"{rel}.yaml"
+    where = f"{FOLDER}/{rel}.yaml"
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        raise ExperimentFileError(f"{where}: not valid YAML: {' '.join(str(err).split())}; fix the file") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ExperimentFileError(f"{where}: must be a mapping of dotted params keys to values "
+                                  f"(e.g. `train.lr: 0.001`), got {type(data).__name__}; fix the file")
+    return data
+
+
+def _check_entry(where: str, key, value) -> None:
+    """One `group.key: value` line of an experiment file: a known params group, a plain value."""
+    from prpg.core.params import GROUPS
+
+    if not isinstance(key, str) or key.split(".")[0] not in GROUPS or "." not in key:
+        raise ExperimentFileError(f"{where}: {key!r} is not a dotted params key of a known group "
+                                  f"({', '.join(GROUPS)}), e.g. `train.lr`; fix the file")
+    if isinstance(value, (dict, list)):
+        raise ExperimentFileError(f"{where}: {key} must be a plain value (a list as a string, e.g. "
+                                  f"\"[real]\"; a nested key as its own dotted key), got {value!r}; fix the file")
+
+
+def load_file(rel: str, chain: tuple[str, ...] = ()) -> dict:
+    """The overrides of experiments/<rel>.yaml: those of each file its `extends` names, in order, then its
+    own keys (a later value of a key replaces an earlier one)."""
+    where = f"{FOLDER}/{rel}.yaml"
+    if rel in chain:
+        raise ExperimentFileError(f"{where}: extends itself ({' -> '.join((*chain, rel))}); fix `extends`")
+    data = _read(rel)
+    bases = data.pop("extends", [])
+    bases = [bases] if isinstance(bases, str) else bases
+    if not isinstance(bases, list) or not all(isinstance(b, str) for b in bases):
+        raise ExperimentFileError(f"{where}: extends must be a list of experiment files without .yaml, e.g. "
+                                  f"[paper, datasets/pods], got {bases!r}; fix the file")
+    settings: dict = {}
+    for base in bases:
+        if not (experiments_dir() / f"{base}.yaml").is_file():
+            raise ExperimentFileError(f"{where}: extends {base!r}, but {FOLDER}/{base}.yaml does not exist; "
+                                      "fix `extends`")
+        settings.update(load_file(base, (*chain, rel)))
+    for key, value in data.items():
+        _check_entry(where, key, value)
+        settings[key] = value
+    return settings
+
+
+def _unknown(what: str, value: str, subfolder: str) -> UnknownExperimentError:
+    folder = f"{FOLDER}/{subfolder}/" if subfolder else f"{FOLDER}/"
+    return UnknownExperimentError(f"unknown {what} {value!r}: no {folder}{value}.yaml (known: "
+                                  f"{', '.join(names_in(subfolder))}); names are {GRAMMAR}, or add the file")
+
+
+def files_of(name: str) -> list[str]:
+    """The experiment files a name stands for, in the order they apply: NAME = <base>[-<method>][-sweep-<sweep>],
+    base a file of experiments/, method one of experiments/methods/, sweep one of experiments/sweeps/."""
+    base, marked, sweep = name.partition(SWEEP_MARK)
+    bases = names_in()
+    if base in bases:
+        files = [base]
+    else:
+        head, _, method = base.rpartition("-")
+        if head not in bases:
+            raise _unknown("experiment", base, "")
+        if method not in names_in(METHODS_FOLDER):
+            raise _unknown("method", method, METHODS_FOLDER)
+        files = [head, f"{METHODS_FOLDER}/{method}"]
+    if marked:
+        if sweep not in names_in(SWEEPS_FOLDER):
+            raise _unknown("sweep", sweep, SWEEPS_FOLDER)
+        files.append(f"{SWEEPS_FOLDER}/{sweep}")
+    return files
 
 
 def resolve(name: str) -> dict:
-    """NAME = toybox-<method> | toybox-sweep-<sweep> | <dataset>-<backbone>[-<method>] | <dataset>-<backbone>-sweep-<sweep>."""
-    parts = name.split("-")
-    sweep = {}
-    if "sweep" in parts:
-        i = parts.index("sweep")
-        key = "-".join(parts[i + 1 :])
-        if key not in SWEEPS:
-            raise UnknownExperimentError(f"unknown sweep {key!r}; known: {', '.join(SWEEPS)}")
-        sweep, parts = SWEEPS[key], parts[:i]
-    if parts[0] == "toybox":
-        method = parts[1] if len(parts) > 1 else "dreambooth"
-        if method not in METHODS:
-            raise UnknownExperimentError(f"unknown method {method!r}; known: {', '.join(METHODS)}")
-        return {**METHODS[method], **sweep}
-    dataset, backbone, *rest = parts + [""] * (2 - len(parts))
-    return {**paper_experiment(dataset, backbone, rest[0] if rest else "masked_dreambooth"), **sweep}
+    """The `-S` overrides (dotted key -> value) of a named experiment: its files' (files_of), merged in order."""
+    settings: dict = {}
+    for rel in files_of(name):
+        settings.update(load_file(rel))
+    return settings
 
 
 def all_names() -> list[str]:
-    """Every name `prpg exp` accepts: each toybox method and sweep, each dataset x backbone (its default
-    method, every method, every sweep)."""
-    names = [f"toybox-{m}" for m in METHODS] + [f"toybox-sweep-{s}" for s in SWEEPS]
-    for dataset in DATASETS:
-        for backbone in BACKBONES:
-            base = f"{dataset}-{backbone}"
-            names += [base, *(f"{base}-{m}" for m in METHODS), *(f"{base}-sweep-{s}" for s in SWEEPS)]
-    return names
+    """Every name `prpg exp` accepts: each base file of experiments/ alone, with each method, with each sweep."""
+    methods, sweeps = names_in(METHODS_FOLDER), names_in(SWEEPS_FOLDER)
+    return [n for base in names_in()
+            for n in (base, *(f"{base}-{m}" for m in methods), *(f"{base}{SWEEP_MARK}{s}" for s in sweeps))]
 
 
 def single_runs(values: Sequence[str]) -> list[list[str]]:
@@ -203,9 +225,14 @@ def data_root_of(name: str, params_file: str | Path = "params.yaml") -> str:
 def overrides(name: str, extra: Sequence[str] = ()) -> list[str]:
     """The `-S` values of a named experiment (Hydra override syntax, as `dvc exp run -S` takes them);
     `extra` comes last."""
-    settings = resolve(name)
-    out = [f"{key}={str(value).lower() if isinstance(value, bool) else value}" for key, value in settings.items()]
-    return out + list(extra)
+    return [f"{key}={hydra_value(value)}" for key, value in resolve(name).items()] + list(extra)
+
+
+def hydra_value(value) -> str:
+    """A YAML value as Hydra's override grammar writes it (true / false / null)."""
+    if value is None or isinstance(value, bool):
+        return {None: "null", True: "true", False: "false"}[value]
+    return str(value)
 
 
 def set_instances(params_file: str | Path, instances: dict[str, str]) -> None:

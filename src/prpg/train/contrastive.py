@@ -50,14 +50,6 @@ LOG_FILE = "train_log.csv"
 CONFIG_FILE = "train_config.json"
 LOG_COLUMNS = ("step", "epoch", "loss", "accuracy")
 
-PAPER_TRAIN = TrainConfig()
-# Toybox on 2 CPU cores: 640 triplets x 2 epochs at batch 16 = 80 steps. Measured with one busy core:
-# ~0.4 s a step with the 64 px toybox encoder (~1 s at 112 px), so 30 s to a minute. The paper's LoRA
-# scaling (alpha / r = 1/32) at lr 3e-4 barely moves a small encoder in 80 steps; alpha = r (scaling 1)
-# at lr 1e-3 does: with 100 fresh renders of the instance as positives and pool images of its category
-# as negatives, a quickly pretrained 112 px encoder went from AP 0.06 -> 0.22 (mug_00) and 0.14 -> 0.18
-# (shoe_03), separation 0.05 -> 0.12 and 0.11 -> 0.26. Everything else is the paper's.
-TOYBOX_TRAIN = TrainConfig(num_triplets=640, num_synthetic=450, batch=16, epochs=2, lora_alpha=16.0, lr=1e-3)
 
 
 # --- losses ------------------------------------------------------------------------------------------

@@ -2,8 +2,8 @@
 
 1. The synthetic positives (any mix of sources: DreamBooth, masked DreamBooth, Cut/Paste, or the real
    images themselves for the "augmented real" baseline) are shuffled with the seed and the first
-   `num_synthetic` (paper 450) are kept; with none, the real images stand in, with a warning.
-2. Each of `num_triplets` (paper 4500) triplets draws, uniformly and with replacement:
+   `num_synthetic` (train.num_synthetic) are kept; with none, the real images stand in, with a warning.
+2. Each of `num_triplets` (train.num_triplets) triplets draws, uniformly and with replacement:
    a negative from all negatives, an anchor from the `ref_type` pool (real | synthetic | both) and a
    positive from the kept synthetic list; then (positive, negative) is put in random order and
    `label` says where the positive is: 0 = left, 1 = right.
@@ -27,8 +27,6 @@ import numpy as np
 from prpg.core.atomic import write_text_atomic
 from prpg.core.configs import RefType
 
-PAPER_NUM_SYNTHETIC = 450
-PAPER_NUM_TRIPLETS = 4500
 REAL_SOURCE = "real"  # positive_source of real images used as positives (fallback or baseline)
 COLUMNS = ("id", "label", "ref_path", "left_path", "right_path", "positive_source")
 
@@ -86,10 +84,11 @@ def select_positives(synthetic: Mapping[str, Sequence] | Sequence, real: Sequenc
 
 
 def make_triplets(real: Sequence, synthetic: Mapping[str, Sequence] | Sequence, negatives: Sequence, *,
-                  ref_type: RefType = "real", num_synthetic: int | None = PAPER_NUM_SYNTHETIC,
-                  num_triplets: int = PAPER_NUM_TRIPLETS, seed: int = 0) -> list[Triplet]:
-    """Triplets for one instance. `real`: its train image paths; `synthetic`: source name -> positive
-    paths (or one list); `negatives`: other objects of its category."""
+                  num_triplets: int, ref_type: RefType = "real", num_synthetic: int | None = None,
+                  seed: int = 0) -> list[Triplet]:
+    """num_triplets triplets for one instance (train.num_triplets). `real`: its train image paths;
+    `synthetic`: source name -> positive paths (or one list); `negatives`: other objects of its category;
+    num_synthetic: positives kept after the seeded shuffle (None: all)."""
     real = _paths(real)
     negatives = _paths(negatives)
     if not negatives:

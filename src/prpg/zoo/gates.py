@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 
 import numpy as np
 import torch
@@ -83,8 +84,15 @@ def instance_margin(features: torch.Tensor, own: torch.Tensor, mates: torch.Tens
 
 def dreambooth_smoke(pipe, encoder, transform, ds: Dataset, instance: str, cfg, seed: int, n_samples: int = 16,
                      n_class_images: int = 32, steps: int = 50, guidance: float = 5.0) -> dict:
-    """Before/after DreamBooth margin for one instance (the generator itself is not modified)."""
+    """Before/after DreamBooth margin for one instance (the generator itself is not modified); `cfg`: the
+    gate's training keys (GateDreamBoothConfig), run as a full, unmasked fine-tune at the native size."""
+    from prpg.core.configs import DreamBoothConfig
     from prpg.personalize import CLASS_PROMPT, INSTANCE_PROMPT, dreambooth
+
+    cfg = DreamBoothConfig(**dataclasses.asdict(cfg), mode="full", masked=False, resolution=None,
+                           gradient_checkpointing=False, use_8bit_adam=False, save_dtype="fp32",
+                           num_class_images=n_class_images, class_steps=steps, class_guidance=guidance,
+                           class_batch=n_class_images)
 
     inst = ds.instance(instance)
     mates = [i.name for i in ds.instances_in(category=inst.category) if i.name != instance]

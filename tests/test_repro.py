@@ -1,11 +1,14 @@
 """prpg repro: which stages run together, and a failure stops the run naming the stage."""
 
 import io
+import shutil
+from pathlib import Path
 
 import pytest
 
 from prpg.runs import repro
 
+ROOT = Path(__file__).resolve().parents[1]
 NAMES = ["data", "zoo", "priors@mug", "priors@shoe", "personalize@mug_06", "personalize@shoe_06",
          "evaluate@mug_06", "evaluate@shoe_06", "aggregate", "report"]
 
@@ -63,7 +66,10 @@ def test_a_bad_run_group_fails_before_any_dvc_call_naming_the_key(tmp_path, monk
 
 def test_the_head_runs_one_stage_at_a_time(monkeypatch, tmp_path):
     """`dvc repro data zoo` in a fresh clone checks the frozen zoo's deps before data has run."""
-    (tmp_path / "params.yaml").write_text("run:\n  categories: [mug]\n  instances: {mug_06: {category: mug}}\n")
+    from prpg.runs.experiments import set_instances
+
+    shutil.copy(ROOT / "params.yaml", tmp_path / "params.yaml")
+    set_instances(tmp_path / "params.yaml", {"mug_06": "mug"})
     monkeypatch.setattr(repro, "stage_names", lambda cwd: NAMES)
     calls = []
     monkeypatch.setattr(repro, "_run_dvc", lambda cmd, cwd, env, progress, gpu: calls.append(cmd[3:]) or 0)

@@ -29,7 +29,7 @@
 # %% tags=["parameters"]
 common = {}
 models = {}
-personalize = {}
+priors = {}
 synthesize = {}
 category = "mug"
 
@@ -49,7 +49,7 @@ fill_empty_groups(globals())  # run interactively, nothing injected: the groups 
 
 common_p = parse_group("common", common)
 models_p = parse_group("models", models)
-db = parse_group("personalize", personalize)
+pri = parse_group("priors", priors)
 syn = parse_group("synthesize", synthesize)
 device = setup_device(common_p)
 # The category's instances in the dataset: an instance-keyed (reference) prompt file gives their scenes.
@@ -62,15 +62,16 @@ print(f"category {category!r}; frozen generator {models_p.generator} on {device}
 
 # %%
 t0 = time.perf_counter()
-class_paths = generate_class_images(frozen, category, db.num_class_images, "outputs/class_images", seed=common_p.seed,
-                                    steps=db.class_steps, guidance=db.class_guidance, batch=db.class_batch)
+cls = pri.class_images
+class_paths = generate_class_images(frozen, category, cls.n, "outputs/class_images", seed=common_p.seed,
+                                    steps=cls.steps, guidance=cls.guidance, batch=cls.batch)
 t_class = time.perf_counter() - t0
-negatives_dir = generate_negatives(frozen, category, "outputs/negatives", syn.negatives, seed=common_p.seed)
+negatives_dir = generate_negatives(frozen, category, "outputs/negatives", pri.negatives, seed=common_p.seed)
 t_neg = time.perf_counter() - t0 - t_class
-backgrounds = category_backgrounds(frozen, category, "outputs/backgrounds", syn.cut_paste, seed=common_p.seed,
-                                  instances=category_instances)
+backgrounds = category_backgrounds(frozen, category, "outputs/backgrounds", pri.backgrounds, syn.cut_paste.backgrounds,
+                                   seed=common_p.seed, instances=category_instances)
 seconds = time.perf_counter() - t0
-print(f"{len(class_paths)} class images ({t_class:.1f} s), {syn.negatives.n} negatives ({t_neg:.1f} s), "
+print(f"{len(class_paths)} class images ({t_class:.1f} s), {pri.negatives.n} negatives ({t_neg:.1f} s), "
       f"{len(backgrounds)} backgrounds; {seconds:.1f} s in all")
 
 # %% [markdown]

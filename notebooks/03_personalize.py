@@ -27,6 +27,7 @@
 common = {}
 models = {}
 personalize = {}
+priors = {}
 instance = "mug_06"
 
 # %%
@@ -51,6 +52,7 @@ fill_empty_groups(globals())  # run interactively, nothing injected: the groups 
 common_p = parse_group("common", common)
 models_p = parse_group("models", models)
 db = parse_group("personalize", personalize)
+pri = parse_group("priors", priors)
 device = setup_device(common_p)
 db = dataclasses.replace(db, device=device)
 ds = load_dataset(common_p.data_root)
@@ -77,8 +79,8 @@ print(f"DreamBooth: {result.seconds:.1f} s, optimizer {result.optimizer}, final 
 # %%
 prompt = INSTANCE_PROMPT.format(identifier=db.identifier, category=category)
 # Sampled with the class images' sampler steps: a count, so a rehearsal's reduced counts reduce it too.
-before = sample(base, [prompt] * 4, seed=common_p.seed, steps=db.class_steps)
-after = sample(result.pipe, [prompt] * 4, seed=common_p.seed, steps=db.class_steps)
+before = sample(base, [prompt] * 4, seed=common_p.seed, steps=pri.class_images.steps)
+after = sample(result.pipe, [prompt] * 4, seed=common_p.seed, steps=pri.class_images.steps)
 fig, ax = plt.subplots(figsize=(5, 2.2))
 ax.plot(losses["step"], losses["loss"].rolling(10, min_periods=1).mean())
 ax.set_title(f"{instance}: DreamBooth loss (10-step mean)", fontsize=9)

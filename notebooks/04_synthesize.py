@@ -68,9 +68,9 @@ print(f"{instance} ({category}): {syn.positives.n} DreamBooth positives ({syn.po
 t0 = time.perf_counter()
 run_synthesis(personalized, instance, category, out / "dreambooth", syn.positives, seed=common_p.seed)
 t_db = time.perf_counter() - t0
-# Generated backgrounds were made once per category in stage 02; cut_and_paste reuses them as they are.
-cut_and_paste(ds, instance, out / "cut_paste", syn.cut_paste, seed=common_p.seed, frozen_pipe=frozen,
-              backgrounds_root=Path("outputs/backgrounds"))
+# Generated backgrounds were made once per category by the priors stage.
+cut_and_paste(ds, instance, out / "cut_paste", syn.cut_paste, seed=common_p.seed,
+              generated_backgrounds=sorted(Path(f"outputs/backgrounds/{category}").glob("*.png")))
 t_cp = time.perf_counter() - t0 - t_db
 print(f"DreamBooth positives: {t_db:.1f} s; cut-and-paste: {t_cp:.1f} s")
 

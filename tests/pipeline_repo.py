@@ -36,10 +36,11 @@ MICRO_PRETRAIN = {
 # One instance, tiny step counts: the generation stages end to end in seconds.
 MICRO_RUN = {
     "run": {"categories": ["mug"], "instances": {"mug_01": {"category": "mug"}}},
-    "personalize": {"steps": 2, "num_class_images": 2, "class_steps": 2, "class_batch": 2},
+    "personalize": {"steps": 2},
     "synthesize": {"positives": {"n": 4, "prompt_mode": "class", "steps": 2, "batch": 4},
-                   "negatives": {"n": 4, "steps": 2, "batch": 4},
-                   "cut_paste": {"n": 4, "n_generated_backgrounds": 2, "steps": 2, "batch": 2}},
+                   "cut_paste": {"n": 4}},
+    "priors": {"class_images": {"n": 2, "steps": 2, "batch": 2}, "negatives": {"n": 4, "steps": 2, "batch": 4},
+               "backgrounds": {"n": 2, "steps": 2, "batch": 2}},
     "filter": {"n_keep": 2, "max_attempts": 6},
 }
 

@@ -96,7 +96,7 @@ def test_negatives_are_regenerated_for_other_generator_weights(tmp_path, monkeyp
     calls = []
     real = syn.generate_images
     monkeypatch.setattr(syn, "generate_images", lambda *a, **k: calls.append(k["desc"]) or real(*a, **k))
-    cfg = toybox_config("synthesize.negatives", n=2, steps=2, batch=2)
+    cfg = toybox_config("priors.negatives", n=2, steps=2, batch=2)
     folder = syn.generate_negatives(pipe, "mug", tmp_path / "negatives", cfg, seed=0)
     record = json.loads((folder / syn.RECORD_JSON).read_text())
     assert record["generator_weights"] == generator_fingerprint(pipe)

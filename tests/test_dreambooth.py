@@ -23,7 +23,7 @@ from tests.conftest import experiment_params, make_pods_tree, toybox_params, toy
 TINY = toybox_config("pretrain.generator", resolution=32, vae_channels=(8, 16), unet_channels=(16, 32),
                      attention_head_dim=4,
                        text_hidden=16, text_layers=1, text_heads=1, max_length=16)
-FAST = toybox_config("personalize", steps=3, lr=1e-3, num_class_images=2, class_steps=2, class_batch=2)
+FAST = toybox_config("personalize", steps=3, lr=1e-3)
 PROMPT = "a photo of <new1> mug"
 
 
@@ -145,9 +145,9 @@ def test_personalize_input_errors(pipe, world, class_paths, tmp_path):
         db.personalize(pipe, [no_mask], "mug", class_paths, dataclasses.replace(FAST, masked=True),
                        tmp_path / "p", seed=0)
     assert not (tmp_path / "p").exists()
-    with pytest.raises(db.DreamBoothError, match="num_class_images is 3"):
-        cfg = dataclasses.replace(FAST, num_class_images=3)
-        db.personalize(pipe, [rec], "mug", class_paths, cfg, tmp_path / "p", seed=0)
+    with pytest.raises(db.DreamBoothError, match="no class images: make them"):
+        db.personalize(pipe, [rec], "mug", [], FAST, tmp_path / "p", seed=0)
+    assert not (tmp_path / "p").exists()
 
 
 # ------------------------------------------------------------------------------------------------
@@ -262,7 +262,10 @@ def test_8bit_adam_falls_back_on_cpu_and_bf16_autocast_runs(pipe, caplog):
 def test_paper_and_toybox_settings():
     paper = experiment_params("pods-dinov2_vitb14", "personalize")["personalize"]
     assert (paper.steps, paper.lr, paper.batch, paper.resolution) == (400, 2e-6, 1, 512)
-    assert paper.num_class_images == 200 and paper.mode == "full" and paper.masked
+    assert paper.mode == "full" and paper.masked
+    from prpg.runs.experiments import resolve
+
+    assert resolve("pods-dinov2_vitb14")["priors.class_images.n"] == 200  # (the priors group needs the prompts)
     assert paper.use_8bit_adam and paper.train_text_encoder and paper.prior_weight == 1.0
     toybox = toybox_params()["personalize"]
     assert (toybox.steps, toybox.lr, toybox.resolution, toybox.use_8bit_adam) == (80, 2e-4, None, False)

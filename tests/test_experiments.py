@@ -36,17 +36,17 @@ def test_a_sweep_goes_through_the_queue():
 # masked DreamBooth.
 PODS_DINOV2 = {
     "models.generator": "stable-diffusion-v1-5/stable-diffusion-v1-5", "common.device": "cuda",
-    "personalize.steps": 400, "personalize.lr": 2e-6, "personalize.num_class_images": 200,
-    "personalize.class_steps": 50, "personalize.class_guidance": 7.5, "personalize.class_batch": 4,
+    "personalize.steps": 400, "personalize.lr": 2e-6, "priors.class_images.n": 200,
+    "priors.class_images.steps": 50, "priors.class_images.guidance": 7.5, "priors.class_images.batch": 4,
     "personalize.masked": True, "personalize.gradient_checkpointing": True, "personalize.use_8bit_adam": True,
     "personalize.resolution": 512, "personalize.save_dtype": "fp16",
     "synthesize.positives.n": 450, "synthesize.positives.steps": 50, "synthesize.positives.guidance": 5.0,
     "synthesize.positives.batch": 8,
-    "synthesize.negatives.n": 1000, "synthesize.negatives.steps": 50, "synthesize.negatives.guidance": 7.5,
-    "synthesize.negatives.batch": 8,
-    "synthesize.cut_paste.n": 450, "synthesize.cut_paste.size": 512, "synthesize.cut_paste.steps": 50,
-    "synthesize.cut_paste.guidance": 7.5, "synthesize.cut_paste.n_generated_backgrounds": 100,
-    "synthesize.cut_paste.batch": 8,
+    "priors.negatives.n": 1000, "priors.negatives.steps": 50, "priors.negatives.guidance": 7.5,
+    "priors.negatives.batch": 8,
+    "synthesize.cut_paste.n": 450, "synthesize.cut_paste.size": 512, "priors.backgrounds.steps": 50,
+    "priors.backgrounds.guidance": 7.5, "priors.backgrounds.n": 100,
+    "priors.backgrounds.batch": 8,
     "filter.model": "dreamsim", "filter.localize": "persam", "filter.threshold": 0.6, "filter.n_keep": 450,
     "filter.max_attempts": 5000, "filter.backbone": "dinov2_vitb14", "filter.dense_resolution": 896,
     "filter.dense_input": "sam_pad", "filter.persam": "reference",
@@ -57,8 +57,8 @@ PODS_DINOV2 = {
     "common.dataset": "pods", "common.data_root": "data/pods", "common.data_source": "data/pods",
     "synthesize.positives.prompt_file": "data/prompts/gpt_prompts_pods.json",
     "synthesize.positives.prompt_source": "data/prompts",
-    "synthesize.cut_paste.background_prompt_file": "data/prompts/gpt_prompts_pods.json",
-    "synthesize.cut_paste.background_prompt_source": "data/prompts",
+    "priors.backgrounds.prompt_file": "data/prompts/gpt_prompts_pods.json",
+    "priors.backgrounds.prompt_source": "data/prompts",
     "models.backbone": "dinov2_vitb14", "train.sources": "[dreambooth_filtered]",
 }
 
@@ -67,7 +67,7 @@ def test_named_experiments_resolve_to_their_overrides():
     assert resolve("pods-dinov2_vitb14") == PODS_DINOV2
     got = resolve("pods-dinov2_vitb14")
     assert all(type(got[k]) is type(v) for k, v in PODS_DINOV2.items())  # 2e-6 a float, not a string
-    dogs = {k: v.replace("pods", "dogs") if isinstance(v, str) and k.startswith(("common.", "synthesize.")) else v
+    dogs = {k: v.replace("pods", "dogs") if isinstance(v, str) and k.startswith(("common.", "synthesize.", "priors.")) else v
             for k, v in PODS_DINOV2.items()}
     assert resolve("dogs-clip_vitb16-cut_paste-sweep-cfg") == {
         **dogs, "synthesize.cut_paste.real_source": "other_instances", "models.backbone": "clip_vitb16",

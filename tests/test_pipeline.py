@@ -82,8 +82,8 @@ def test_generation_stages_write_their_outputs(repo):
     ("train.lr", 0.002, {"train@mug_01"}),
     ("filter.threshold", 0.5, {"filter@mug_01"}),
     ("personalize.lr", 0.0003, {"personalize@mug_01"}),
-    ("personalize.num_class_images", 3, {"priors@mug", "personalize@mug_01"}),
-    ("synthesize.negatives.n", 5, {"priors@mug"}),
+    ("priors.class_images.n", 3, {"priors@mug", "personalize@mug_01"}),
+    ("priors.negatives.n", 5, {"priors@mug"}),
     ("evaluate.eval_feature", "cls+patch", {"evaluate@mug_01"}),
 ])
 def test_a_param_change_touches_only_the_stages_that_read_it(repo, key, value, changed):

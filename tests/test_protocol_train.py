@@ -185,26 +185,23 @@ def test_backgrounds_read_an_instance_keyed_file_by_the_categorys_instances(tmp_
 
 def test_prompt_source_must_hold_the_prompt_file():
     toybox_config("synthesize.positives", prompt_file="toybox", prompt_source="src/prpg/prompts")
-    toybox_config("synthesize.cut_paste", background_prompt_file="pods",
-                  background_prompt_source="src/prpg/prompts/pods.json")
+    toybox_config("priors.backgrounds", prompt_file="pods", prompt_source="src/prpg/prompts/pods.json")
     with pytest.raises(ValueError, match="not inside prompt_source 'data/prompts'.*set prompt_source to src/prpg/prompts"):
         toybox_config("synthesize.positives", prompt_file="toybox", prompt_source="data/prompts")
-    with pytest.raises(ValueError, match="background_prompt_source"):
-        toybox_config("synthesize.cut_paste", background_prompt_file="pods",
-                      background_prompt_source="data/prompts")
+    with pytest.raises(ValueError, match="not inside priors.backgrounds.prompt_source"):
+        toybox_config("priors.backgrounds", prompt_file="pods", prompt_source="data/prompts")
 
 
 def test_dvc_stages_depend_on_the_prompt_files_folder():
     stages = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
     assert "${synthesize.positives.prompt_source}" in stages["synthesize"]["do"]["deps"]
     assert "${synthesize.positives.prompt_source}" in stages["filter"]["do"]["deps"]  # sample_more
-    assert "${synthesize.cut_paste.background_prompt_source}" in stages["priors"]["do"]["deps"]
+    assert "${priors.backgrounds.prompt_source}" in stages["priors"]["do"]["deps"]
     params = yaml.safe_load((REPO / "params.yaml").read_text())
-    positives, cut_paste = params["synthesize"]["positives"], params["synthesize"]["cut_paste"]
+    positives, backgrounds = params["synthesize"]["positives"], params["priors"]["backgrounds"]
     # toybox default unchanged: the shipped set, its folder as the dependency
     assert positives["prompt_file"] == "toybox" and positives["prompt_source"] == "src/prpg/prompts"
-    assert cut_paste["background_prompt_file"] == "toybox"
-    assert cut_paste["background_prompt_source"] == "src/prpg/prompts"
+    assert backgrounds["prompt_file"] == "toybox" and backgrounds["prompt_source"] == "src/prpg/prompts"
 
 
 def test_rehearsal_writes_reference_format_stand_ins_for_the_worlds_instances(tmp_path):
@@ -239,8 +236,8 @@ def test_paper_experiment_resolves_to_the_reference(dataset):
     expected = {
         # generation: the reference's GPT prompts (--prompts_path configs/prompts/gpt_prompts_<ds>.json)
         "synthesize.positives.prompt_file": path, "synthesize.positives.prompt_source": "data/prompts",
-        "synthesize.cut_paste.background_prompt_file": path,
-        "synthesize.cut_paste.background_prompt_source": "data/prompts",
+        "priors.backgrounds.prompt_file": path,
+        "priors.backgrounds.prompt_source": "data/prompts",
         "synthesize.positives.n": 450, "synthesize.positives.guidance": 5.0, "synthesize.positives.steps": 50,
         # filtering: --filter_thresh 0.6, --n 450 (generate_data.py default), --max_image_count 5000
         "filter.threshold": 0.6, "filter.n_keep": 450, "filter.max_attempts": 5000,

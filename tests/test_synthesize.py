@@ -140,7 +140,7 @@ def test_negatives_are_made_once_per_category(pipe, tmp_path, monkeypatch):
     calls = []
     real = syn.generate_images
     monkeypatch.setattr(syn, "generate_images", lambda *a, **k: calls.append(k["desc"]) or real(*a, **k))
-    cfg = toybox_config("synthesize.negatives", n=3, steps=2, batch=3)
+    cfg = toybox_config("priors.negatives", n=3, steps=2, batch=3)
     mug = syn.generate_negatives(pipe, "mug", tmp_path / "negatives", cfg, seed=0)
     stamps = {p.name: p.stat().st_mtime_ns for p in pngs(mug)}
     assert mug == tmp_path / "negatives/mug" and len(stamps) == 3
@@ -157,7 +157,7 @@ def test_negatives_are_made_once_per_category(pipe, tmp_path, monkeypatch):
     (mug / "0001.png").unlink()  # incomplete -> made again
     syn.generate_negatives(pipe, "mug", tmp_path / "negatives", cfg, seed=0)
     syn.generate_negatives(pipe, "mug", tmp_path / "negatives",
-                           toybox_config("synthesize.negatives", n=4, steps=2, batch=4), seed=0)
+                           toybox_config("priors.negatives", n=4, steps=2, batch=4), seed=0)
     assert calls[2:] == ["negatives mug", "negatives mug"] and len(pngs(mug)) == 4
 
 
@@ -172,11 +172,11 @@ def test_category_backgrounds_are_generated_only_when_cut_and_paste_uses_them(tm
         return root / category
 
     monkeypatch.setattr(syn, "generate_backgrounds", fake_generate)
-    generated = syn.category_backgrounds("pipe", "mug", tmp_path / "bg", CutPasteConfig(backgrounds="both"), seed=2,
-                                         instances=["mug_01"])
+    cfg = toybox_config("priors.backgrounds")
+    generated = syn.category_backgrounds("pipe", "mug", tmp_path / "bg", cfg, "both", seed=2, instances=["mug_01"])
     assert generated == [tmp_path / "bg/mug/0000.png", tmp_path / "bg/mug/0001.png"]
     assert made == [("mug", tmp_path / "bg", 2, ("mug_01",))]
-    assert syn.category_backgrounds("pipe", "shoe", tmp_path / "bg", CutPasteConfig(backgrounds="real"), seed=2) == []
+    assert syn.category_backgrounds("pipe", "shoe", tmp_path / "bg", cfg, "real", seed=2) == []
     assert (tmp_path / "bg/shoe").is_dir() and not any((tmp_path / "bg/shoe").iterdir())  # the stage's output
     assert len(made) == 1
 
@@ -269,12 +269,14 @@ def test_cut_and_paste_writes_exact_masks_on_real_and_generated_backgrounds(pipe
     prompts = tmp_path / "scenes.json"
     prompts.write_text(json.dumps({"mug": ["A {identifier} {category} on a wooden table",
                                            "A photo of a {identifier} {category} sitting in a sink, seen from above"]}))
-    cfg = toybox_config("synthesize.cut_paste", n=8, size=48, backgrounds="both",
-                        background_prompt_file=str(prompts), background_prompt_source=None,
-                         n_generated_backgrounds=3, steps=2, batch=3)
+    cfg = toybox_config("synthesize.cut_paste", n=8, size=48, backgrounds="both")
+    made = syn.category_backgrounds(pipe, "mug", tmp_path / "backgrounds",
+                                    toybox_config("priors.backgrounds", prompt_file=str(prompts), prompt_source=None,
+                                                  n=3, steps=2, batch=3), cfg.backgrounds, seed=0)
     out = syn.cut_and_paste(ds, "mug_00", tmp_path / "synthetic/mug_00/cut_and_paste", cfg, seed=0,
-                            frozen_pipe=pipe, backgrounds_root=tmp_path / "backgrounds")
+                            generated_backgrounds=made)
     backgrounds = tmp_path / "backgrounds/mug"
+    assert made == sorted(backgrounds.glob("*.png")) and len(made) == 3
     assert [r["prompt"] for r in read_csv(backgrounds / "prompts.csv")] == [
         "a photo of a wooden table", "a photo of a sink", "a photo of a wooden table"]
     masks = tmp_path / "synthetic/mug_00/cut_and_paste_masks"
@@ -315,7 +317,7 @@ def test_cut_and_paste_input_errors(tmp_path):
     with pytest.raises(ValueError, match="generated backgrounds"):
         syn.compose_cut_and_paste(syn.instance_cutouts(ds, "mug_00"), [Path("x.png")], [], tmp_path / "o",
                                   toybox_config("synthesize.cut_paste", backgrounds="both"), seed=0)
-    with pytest.raises(ValueError, match="frozen_pipe"):
+    with pytest.raises(ValueError, match="no generated backgrounds were given: the priors stage makes them"):
         syn.cut_and_paste(ds, "mug_00", tmp_path / "o",
                           toybox_config("synthesize.cut_paste", backgrounds="generated"), seed=0)
     (ds.root / "mini_info.json").unlink()
@@ -421,7 +423,7 @@ def test_configs_validate():
     with pytest.raises(ValueError):
         toybox_config("synthesize.positives", scheduler="euler")
     with pytest.raises(ValueError):
-        toybox_config("synthesize.negatives", count=5)
+        toybox_config("priors.negatives", count=5)
     assert toybox_params()["synthesize"].positives.prompt_file == "toybox"
     settings = resolve("pods-dinov2_vitb14")  # its prompt file is downloaded data: the overrides themselves
     assert settings["synthesize.positives.guidance"] == 5.0

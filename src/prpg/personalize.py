@@ -410,8 +410,7 @@ def personalize(pipe, records: Sequence, category: str, class_images: Sequence[s
     """DreamBooth for one instance; writes `out_dir` atomically and returns the trained copy.
 
     records: the instance's train ImageRecords (`ds.images("train", instance)`), with masks when
-    cfg.masked; class_images: paths from `generate_class_images` for this category (the first
-    cfg.num_class_images are used). `pipe` (the frozen base generator) is not modified: a deep copy
+    cfg.masked; class_images: paths from `generate_class_images` for this category (all are used). `pipe` (the frozen base generator) is not modified: a deep copy
     is trained (on CUDA that holds a second copy of the model). `out_dir` gets unet/ (+
     text_encoder/) or pytorch_lora_weights.safetensors, config.json (the resolved config, inputs,
     base fingerprint) and losses.csv; files are the same for the same seed on CPU.
@@ -436,11 +435,6 @@ def personalize(pipe, records: Sequence, category: str, class_images: Sequence[s
         if m.shape != (im.height, im.width):
             raise DreamBoothError(f"{r.mask_path} is {m.shape[1]}x{m.shape[0]} but {r.path} is "
                                   f"{im.width}x{im.height}: a mask must have its photo's size")
-    if len(class_images) < cfg.num_class_images:
-        raise DreamBoothError(f"{len(class_images)} class images but dreambooth.num_class_images is "
-                              f"{cfg.num_class_images}: make them with generate_class_images(..., "
-                              f"n={cfg.num_class_images})")
-    class_images = list(class_images)[: cfg.num_class_images]
     cls = [load_image(p) for p in class_images]
 
     base_fingerprint = generator_fingerprint(pipe)

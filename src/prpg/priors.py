@@ -86,7 +86,7 @@ def generate_class_images(pipe, category: str, n: int, out_dir: str | Path, seed
     pipeline defaults (its own scheduler, 50 steps, CFG 7.5) and batch 4.
     """
     if n < 1:
-        raise ValueError(f"num_class_images must be >= 1, got {n}")
+        raise ValueError(f"class images: n must be >= 1 (priors.class_images.n), got {n}")
     folder = class_images_dir(out_dir, category)
     settings = class_images_settings(pipe, category, seed, steps, guidance, batch)
     reused = _reusable(folder, settings, n)

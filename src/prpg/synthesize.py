@@ -39,7 +39,7 @@ from tqdm.auto import tqdm
 from prpg import prompts as prompt_files
 from prpg.core.atomic import atomic_dir
 from prpg.data.names import contained
-from prpg.core.configs import CutPasteConfig, NEGATIVE_PROMPT, NegativesConfig, Scheduler, SynthesizeConfig  # noqa: F401 (re-exported)
+from prpg.core.configs import BackgroundsConfig, CutPasteConfig, NEGATIVE_PROMPT, NegativesConfig, Scheduler, SynthesizeConfig  # noqa: F401 (re-exported)
 from prpg.core.paths import ensure_not_under_data
 
 VANILLA_PROMPT = "photo of a {identifier} {category}"  # the reference's generation prompt
@@ -237,30 +237,30 @@ def background_prompt(sentence: str, identifier: str) -> str:
     return scene if scene.lower().startswith("a photo of") else f"a photo of {scene}"
 
 
-def generate_backgrounds(frozen_pipe, category: str, backgrounds_root: Path, cfg: CutPasteConfig,
+def generate_backgrounds(frozen_pipe, category: str, backgrounds_root: Path, cfg: BackgroundsConfig,
                          seed: int, instances: Sequence[str] = ()) -> Path:
     """backgrounds_root/<category>/NNNN.png: scene prompts without their subject, cycled to n.
     `instances` (the category's instances in the dataset) select the lists of an instance-keyed
     (reference) prompt file; a category-keyed file is used as it is."""
-    table = prompt_files.load_prompts(cfg.background_prompt_file)
+    table = prompt_files.load_prompts(cfg.prompt_file)
     sentences = prompt_files.category_prompts(table, category=category, instances=instances,
-                                              source=cfg.background_prompt_file)
+                                              source=cfg.prompt_file)
     # The subject is removed from the FILLED sentence so reference files (literal "<new1> bag") work too.
     ident = "<new1>"
     scenes = [background_prompt(prompt_files.fill(s, ident, category), ident) for s in sentences]
-    prompts = [scenes[i % len(scenes)] for i in range(cfg.n_generated_backgrounds)]
+    prompts = [scenes[i % len(scenes)] for i in range(cfg.n)]
     settings = {k: getattr(cfg, k) for k in ("guidance", "steps", "scheduler", "batch")}
     folder = Path(backgrounds_root) / category
     contained(backgrounds_root, category, "category")  # it may come from a dataset's class_to_sc
     return _shared(frozen_pipe, "backgrounds", category, prompts, folder, seed, settings)
 
 
-def category_backgrounds(frozen_pipe, category: str, backgrounds_root: str | Path, cfg: CutPasteConfig,
-                         seed: int, instances: Sequence[str] = ()) -> list[Path]:
-    """The category's generated backgrounds (generate_backgrounds) when cut-and-paste uses them
-    (`backgrounds`: generated or both); otherwise none, and an empty backgrounds_root/<category>/, which
-    the priors stage's DVC output needs to exist."""
-    if cfg.backgrounds in ("generated", "both"):
+def category_backgrounds(frozen_pipe, category: str, backgrounds_root: str | Path, cfg: BackgroundsConfig,
+                         mode: str, seed: int, instances: Sequence[str] = ()) -> list[Path]:
+    """The category's generated backgrounds (generate_backgrounds) when cut-and-paste uses them (`mode`,
+    synthesize.cut_paste.backgrounds: generated or both); otherwise none, and an empty
+    backgrounds_root/<category>/, which the priors stage's DVC output needs to exist."""
+    if mode in ("generated", "both"):
         folder = generate_backgrounds(frozen_pipe, category, Path(backgrounds_root), cfg, seed=seed, instances=instances)
         return sorted(folder.glob("*.png"))
     with atomic_dir(Path(backgrounds_root) / category):
@@ -420,19 +420,15 @@ def instance_cutouts(ds, instance: str) -> list[Cutout]:
     return cutouts
 
 
-def cut_and_paste(ds, instance: str, out_dir: Path, cfg: CutPasteConfig, seed: int, *, frozen_pipe=None,
-                  backgrounds_root: Path | None = None) -> Path:
-    """Composites of `instance` into out_dir (+ out_dir's `_masks` sibling); generated backgrounds are
-    made (or reused) under backgrounds_root/<category>/ with the frozen pipeline."""
-    real: list[Path] = []
-    generated: list[Path] = []
-    if cfg.backgrounds in ("real", "both"):
-        real = real_background_paths(ds, instance, cfg.real_source)
-    if cfg.backgrounds in ("generated", "both"):
-        if frozen_pipe is None or backgrounds_root is None:
-            raise ValueError(f"backgrounds '{cfg.backgrounds}' needs frozen_pipe and backgrounds_root")
-        category = ds.instance(instance).category
-        folder = generate_backgrounds(frozen_pipe, category, backgrounds_root, cfg, seed, instances=[instance])
-        generated = sorted(folder.glob("*.png"))
+def cut_and_paste(ds, instance: str, out_dir: Path, cfg: CutPasteConfig, seed: int, *,
+                  generated_backgrounds: Sequence[Path] = ()) -> Path:
+    """Composites of `instance` into out_dir (+ out_dir's `_masks` sibling), on real backgrounds (train
+    photos of other instances) and/or `generated_backgrounds`, the category's from the priors stage
+    (category_backgrounds)."""
+    real = real_background_paths(ds, instance, cfg.real_source) if cfg.backgrounds in ("real", "both") else []
+    generated = list(generated_backgrounds) if cfg.backgrounds in ("generated", "both") else []
+    if cfg.backgrounds in ("generated", "both") and not generated:
+        raise ValueError(f"synthesize.cut_paste.backgrounds is '{cfg.backgrounds}' but no generated backgrounds were "
+                         "given: the priors stage makes them (priors.backgrounds), run it first")
     cutouts = instance_cutouts(ds, instance)
     return compose_cut_and_paste(cutouts, real, generated, out_dir, cfg, seed, tag=instance)

@@ -179,10 +179,6 @@ class DreamBoothConfig(DreamBoothKeys):
     masked: bool  # instance loss weighted by the train mask on the latent grid
     lora_rank: int = Field(4, ge=1)
     lora_alpha: float = Field(4.0, gt=0)
-    num_class_images: int = Field(ge=1)  # prior-preservation images per category
-    class_steps: int = Field(ge=1)  # sampler steps / CFG / batch for the class images
-    class_guidance: float = Field(ge=0)
-    class_batch: int = Field(ge=1)
     resolution: int | None = Field(ge=8, multiple_of=8)  # None: the generator's native size (SD 1.5: 512, toybox: 64)
     center_crop: bool = False  # the reference random-crops
     random_flip: bool = False  # the reference does not flip
@@ -256,6 +252,42 @@ class NegativesConfig:
 
 
 @dataclass(frozen=True, kw_only=True, config=ConfigDict(extra="forbid"))
+class ClassImagesConfig:
+    """DreamBooth's prior-preservation images of a category (stage priors, params `priors.class_images`):
+    "a photo of a <category>" from the frozen generator; personalize trains with all of them."""
+
+    n: int = Field(ge=1)
+    steps: int = Field(ge=1)  # sampler steps / CFG / batch
+    guidance: float = Field(ge=0)
+    batch: int = Field(ge=1)
+
+
+@dataclass(frozen=True, kw_only=True, config=ConfigDict(extra="forbid"))
+class BackgroundsConfig:
+    """Generated cut-and-paste backgrounds (stage priors, params `priors.backgrounds`): the category's
+    scene prompts with the subject removed ("A <new1> mug on a picnic table" -> "a photo of a picnic
+    table"), from the frozen generator, shared per category like the negatives. Made only when
+    `synthesize.cut_paste.backgrounds` is generated or both."""
+
+    n: int = Field(ge=1)  # one per scene prompt, cycled
+    prompt_file: str  # a shipped set or a JSON path, as synthesize.positives.prompt_file
+    prompt_source: str | None  # its DVC dependency (the priors stage); see SynthesizeConfig
+    guidance: float = Field(ge=0)
+    steps: int = Field(ge=1)
+    scheduler: Scheduler = "default"
+    batch: int = Field(ge=1)
+
+    @field_validator("prompt_file")
+    @classmethod
+    def _prompt_file(cls, value: str, info: ValidationInfo) -> str:  # with info: see SynthesizeConfig
+        return check_prompt_file(value, info)
+
+    def __post_init__(self) -> None:
+        check_prompt_source("priors.backgrounds.prompt_file", self.prompt_file, "priors.backgrounds.prompt_source",
+                            self.prompt_source)
+
+
+@dataclass(frozen=True, kw_only=True, config=ConfigDict(extra="forbid"))
 class CutPasteConfig:
     n: int = Field(ge=1)  # composites per instance (as many as DreamBooth positives)
     # Scale s ~ U(scale_min, scale_max): the pasted object's longer side (of its mask's tight box)
@@ -270,25 +302,9 @@ class CutPasteConfig:
     # single-category datasets (DF2 shirts, Dogs) must use "other_instances".
     real_source: Literal["other_categories", "other_instances"]
     size: int = Field(ge=8)  # composites are size x size
-    # Generated backgrounds: the category's scene prompts with the subject removed
-    # ("A <new1> mug on a picnic table" -> "a photo of a picnic table"), from the frozen generator,
-    # shared per category like the negatives.
-    background_prompt_file: str
-    background_prompt_source: str | None  # its DVC dependency (priors stage); see SynthesizeConfig
-    n_generated_backgrounds: int = Field(ge=1)  # one per scene prompt
-    guidance: float = Field(ge=0)
-    steps: int = Field(ge=1)
-    scheduler: Scheduler = "default"
-    batch: int = Field(ge=1)
-
-    @field_validator("background_prompt_file")
-    @classmethod
-    def _prompt_file(cls, value: str, info: ValidationInfo) -> str:  # with info: see SynthesizeConfig
-        return check_prompt_file(value, info)
+    # (The generated backgrounds come from the priors stage: BackgroundsConfig.)
 
     def __post_init__(self) -> None:
-        check_prompt_source("background_prompt_file", self.background_prompt_file, "background_prompt_source",
-                            self.background_prompt_source)
         if self.scale_min > self.scale_max:
             raise ValueError(f"CutPasteConfig: scale_min {self.scale_min} > scale_max {self.scale_max}")
 

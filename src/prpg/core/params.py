@@ -16,6 +16,8 @@ from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError,
 from pydantic.dataclasses import dataclass
 
 from prpg.core.configs import (
+    BackgroundsConfig,
+    ClassImagesConfig,
     CutPasteConfig,
     DreamBoothConfig,
     EncoderConfig,
@@ -173,9 +175,16 @@ class ModelsParams(_Group):
         return self
 
 
+class PriorsParams(_Group):
+    """Stage priors: per category, from the frozen generator, shared by the category's instances."""
+
+    class_images: ClassImagesConfig
+    negatives: NegativesConfig
+    backgrounds: BackgroundsConfig
+
+
 class SynthesisParams(_Group):
     positives: SynthesizeConfig
-    negatives: NegativesConfig
     cut_paste: CutPasteConfig
 
 
@@ -213,6 +222,7 @@ GROUPS: dict[str, Any] = {
     "pretrain": PretrainParams,
     "run": RunParams,
     "models": ModelsParams,
+    "priors": PriorsParams,
     "personalize": DreamBoothConfig,
     "synthesize": SynthesisParams,
     "filter": FilterStageConfig,

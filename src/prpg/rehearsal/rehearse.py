@@ -38,16 +38,16 @@ WORLD_TEST_PER_SPLIT, WORLD_DENSE_PER_SPLIT = 2, 1
 # peak memory, and a batch larger than its count is clipped to the count.
 REDUCED = {
     "personalize.steps": 2,
-    "personalize.num_class_images": 2,
-    "personalize.class_steps": 2,
+    "priors.class_images.n": 2,
+    "priors.class_images.steps": 2,
     "synthesize.positives.n": 2,
     "synthesize.positives.num_prompts": 2,
     "synthesize.positives.steps": 2,
-    "synthesize.negatives.n": 4,
-    "synthesize.negatives.steps": 2,
+    "priors.negatives.n": 4,
+    "priors.negatives.steps": 2,
     "synthesize.cut_paste.n": 4,
-    "synthesize.cut_paste.n_generated_backgrounds": 2,
-    "synthesize.cut_paste.steps": 2,
+    "priors.backgrounds.n": 2,
+    "priors.backgrounds.steps": 2,
     "filter.n_keep": 2,
     "filter.max_attempts": 4,
     "train.num_triplets": 8,
@@ -150,7 +150,7 @@ def write_stand_in_prompts(copy: Path, settings: dict, data_root: Path) -> list[
     from prpg.data import load_dataset
     from prpg.prompts import PROMPT_SETS, stand_in_reference_prompts
 
-    keys = ("synthesize.positives.prompt_file", "synthesize.cut_paste.background_prompt_file")
+    keys = ("synthesize.positives.prompt_file", "priors.backgrounds.prompt_file")
     wanted = {settings[k] for k in keys if k in settings and settings[k] not in PROMPT_SETS}
     instances = {i.name: i.category for i in load_dataset(data_root).instances}
     written = []
@@ -208,9 +208,9 @@ def n_positives(v: dict) -> int:
 def count_ratios(full: dict, reduced: dict) -> dict[str, float]:
     """Full / rehearsed count of what each stage's work grows with (sampler image-steps, train steps, ...)."""
     def priors(v):
-        return (v["personalize.num_class_images"] * v["personalize.class_steps"]
-                + v["synthesize.negatives.n"] * v["synthesize.negatives.steps"]
-                + v["synthesize.cut_paste.n_generated_backgrounds"] * v["synthesize.cut_paste.steps"])
+        return (v["priors.class_images.n"] * v["priors.class_images.steps"]
+                + v["priors.negatives.n"] * v["priors.negatives.steps"]
+                + v["priors.backgrounds.n"] * v["priors.backgrounds.steps"])
 
     def positives(v):
         return n_positives(v) * v["synthesize.positives.steps"]
@@ -408,8 +408,8 @@ def evaluate_ratio(world_root: Path, full_images: dict[str, int]) -> float:
 def image_ratios(full: dict, reduced: dict) -> dict[str, float]:
     """Full / rehearsed number of images each stage writes (disk grows with images, not sampler steps)."""
     def priors(v):
-        return (v["personalize.num_class_images"] + v["synthesize.negatives.n"]
-                + v["synthesize.cut_paste.n_generated_backgrounds"])
+        return (v["priors.class_images.n"] + v["priors.negatives.n"]
+                + v["priors.backgrounds.n"])
 
     def synthesized(v):
         return n_positives(v) + v["synthesize.cut_paste.n"]

@@ -90,9 +90,7 @@ def dreambooth_smoke(pipe, encoder, transform, ds: Dataset, instance: str, cfg, 
     from prpg.personalize import CLASS_PROMPT, INSTANCE_PROMPT, dreambooth
 
     cfg = DreamBoothConfig(**dataclasses.asdict(cfg), mode="full", masked=False, resolution=None,
-                           gradient_checkpointing=False, use_8bit_adam=False, save_dtype="fp32",
-                           num_class_images=n_class_images, class_steps=steps, class_guidance=guidance,
-                           class_batch=n_class_images)
+                           gradient_checkpointing=False, use_8bit_adam=False, save_dtype="fp32")
 
     inst = ds.instance(instance)
     mates = [i.name for i in ds.instances_in(category=inst.category) if i.name != instance]

@@ -84,6 +84,15 @@ def test_ci_runs_the_readme_test_command():
     assert ci[-1] == "make test"
 
 
+
+def test_readme_is_user_documentation():
+    """Short enough to read first, and about the project: no work diary (dates, sessions, commits)."""
+    readme = (ROOT / "README.md").read_text()
+    assert len(readme) <= 12_000, f"README.md is {len(readme)} characters; move details to docs/"
+    diary = re.findall(r"\b20\d\d-\d\d-\d\d\b|\bsessions?\b|\bcommit [0-9a-f]{7,}\b|\bissue #?\d+", readme, re.I)
+    assert not diary, f"README.md reads like a work log: {diary}"
+
+
 def _stages() -> dict:
     """dvc.yaml's stages with its own `vars` (the runner command) substituted, as DVC does."""
     text = (ROOT / "dvc.yaml").read_text()

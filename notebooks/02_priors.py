@@ -16,13 +16,13 @@
 #
 # Three image sets come from the **frozen** generator and are shared by every instance of a category:
 #
-# - **class images** ("A photo of {category}"): DreamBooth's prior-preservation set (paper §1.1). The
-#   reference regenerates them per instance, or mixes all categories in one folder; here they are made
+# - **class images** ("A photo of {category}"): DreamBooth's prior-preservation set (docs/protocol.md §1.1).
+#   The reference regenerates them per instance, or mixes all categories in one folder; here they are made
 #   once per category (`outputs/class_images/<category>`);
 # - **negatives** ("a photo of a {category}"): other objects of the same category, the contrastive
-#   negatives of every instance of the category (paper §1.4; `outputs/negatives/<category>`);
+#   negatives of every instance of the category (docs/protocol.md §1.4; `outputs/negatives/<category>`);
 # - **generated backgrounds**: the category's scene prompts with the subject removed, for the
-#   cut-and-paste composites (paper §1.5; `outputs/backgrounds/<category>`).
+#   cut-and-paste composites (docs/protocol.md §1.5; `outputs/backgrounds/<category>`).
 #
 # `dvc repro` runs this notebook once per category in `run.categories` (`priors@<category>`).
 

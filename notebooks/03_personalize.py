@@ -14,7 +14,7 @@
 # %% [markdown]
 # # 03 · Personalize the generator: DreamBooth on ~3 real photos of one instance
 #
-# DreamBooth with prior preservation (paper §1.1): each step denoises an instance image captioned
+# DreamBooth with prior preservation (docs/protocol.md §1.1): each step denoises an instance image captioned
 # "a photo of <new1> {category}" and a class image captioned "A photo of {category}" (made by the
 # frozen generator in stage 02), loss = MSE(instance) + prior_weight x MSE(class). Options
 # (`personalize` in params.yaml): full fine-tune or LoRA (`mode`), mask-weighted instance loss

@@ -14,7 +14,7 @@
 # %% [markdown]
 # # 04 · Synthesize positives: personalized generations and cut-and-paste composites
 #
-# Two kinds of synthetic positives of the instance (paper §1.2, §1.5):
+# Two kinds of synthetic positives of the instance (docs/protocol.md §1.2, §1.5):
 #
 # - **DreamBooth positives** from the personalized generator (stage 03), with the vanilla prompt
 #   "photo of a <new1> {category}" (`prompt_mode: class`) or 100 scene prompts per category

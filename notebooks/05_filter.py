@@ -14,11 +14,11 @@
 # %% [markdown]
 # # 05 · Filter the DreamBooth positives: keep the ones that look like the real instance
 #
-# Paper §1.3: the real references are the instance's train images cropped to their mask boxes; each
-# generated image is localized (dense patch similarity + Otsu on toybox; for paper runs the reference's
-# PerSAM, `persam: reference`, on DINOv2 patches of the padded SAM canvas, `dense_input: sam_pad` at 896 px),
-# cropped to the predicted box, embedded by the similarity model (DreamSim for paper runs, the toybox
-# encoder on toybox) and kept if the **mean** cosine to the real crops is >= the threshold.
+# The paper (docs/protocol.md §1.3): the real references are the instance's train images cropped to their mask
+# boxes; each generated image is localized (dense patch similarity + Otsu on toybox; for paper runs the
+# reference's PerSAM, `persam: reference`, on DINOv2 patches of the padded SAM canvas, `dense_input: sam_pad`
+# at 896 px), cropped to the predicted box, embedded by the similarity model (DreamSim for paper runs, the
+# toybox encoder on toybox) and kept if the **mean** cosine to the real crops is >= the threshold.
 # Attempts are bounded (`max_attempts`), and an image that cannot be localized counts as an attempt
 # (the reference's loop can run forever on those). When the synthesized set runs out before `n_keep`
 # are kept, more are sampled from the personalized generator (`sample_more`).

@@ -14,8 +14,8 @@
 # %% [markdown]
 # # 06 · Personalize the representation: triplets and LoRA contrastive fine-tuning
 #
-# Paper §1.6-1.7. Triplets pair a **real** anchor (one of the ~3 train photos) with a **synthetic
-# positive** (stages 04-05: filtered DreamBooth images, cut-and-paste composites, or a mix) and a
+# The paper (docs/protocol.md §1.6-1.7). Triplets pair a **real** anchor (one of the ~3 train photos) with a
+# **synthetic positive** (stages 04-05: filtered DreamBooth images, cut-and-paste composites, or a mix) and a
 # **negative** (another object of the category, stage 02). The pretrained ViT gets LoRA adapters on
 # its attention `qkv` projections and is trained with InfoNCE on concat(CLS, mean patch token): every
 # anchor is pulled toward every positive of the batch against all in-batch negatives.

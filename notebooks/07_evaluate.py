@@ -14,8 +14,8 @@
 # %% [markdown]
 # # 07 · Evaluate pretrained vs personalized on the four tasks
 #
-# Paper §2, per instance, with no task head: every task is a similarity computation against the
-# instance's ~3 real train images.
+# The paper (docs/protocol.md §2), per instance, with no task head: every task is a similarity computation
+# against the instance's ~3 real train images.
 #
 # - **classification**: is this test image the instance? score = max cosine to its train images; AP;
 # - **retrieval**: its test images query every instance's train images; NDCG (the paper's "Ret" column

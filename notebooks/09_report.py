@@ -88,7 +88,7 @@ figure(report.plot_training_curves(run.train_log), "training")
 # ## Committed experiments
 # `prpg results save NAME [--headline]` snapshots a finished run into `reports/results/NAME/`. The main
 # table takes the results flagged headline (one per dataset and backbone), next to the paper's
-# published numbers (§4.1, exact; toybox has none).
+# published numbers (docs/protocol.md §4.1, exact; toybox has none).
 
 # %%
 results = report.load_results()
@@ -100,7 +100,7 @@ show(main, "main_table", "Main table (ours and [paper])")
 show(report.paper_table(), "paper_main", "Paper main table (§4.1, published)")
 
 # %% [markdown]
-# ## Generation methods (paper §4.2)
+# ## Generation methods (docs/protocol.md §4.2)
 # Classification AP of the personalized model per test split, by positive set (real images only,
 # Cut/Paste, (masked) DreamBooth, combined), with the pretrained backbone as reference. The paper's
 # values are read off a bar chart (approximate).
@@ -119,7 +119,7 @@ show(report.gain_table(results), "gains", "Paired gains per result (personalized
 # ## Sweeps
 # Headline tasks against one setting, among results that differ in it: classifier-free guidance of the
 # generator (the released sets use CFG 4 / 5 / 7.5), the contrastive loss, and the number of real
-# images (the paper's scaling curve, §4.3, approximate, is shown for reference).
+# images (the paper's scaling curve, docs/protocol.md §4.3, approximate, is shown for reference).
 
 # %%
 for param in ("guidance", "loss", "num_real"):

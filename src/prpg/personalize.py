@@ -1,9 +1,10 @@
 """Stage "personalize": DreamBooth with prior preservation on any StableDiffusionPipeline (SD 1.5 or
-the toybox generator), as the reference runs it (paper §1.1), full fine-tune or LoRA, plain or masked.
+the toybox generator), as the reference runs it (docs/protocol.md §1.1), full fine-tune or LoRA, plain or
+masked.
 
 Each step denoises `batch` instance images ("a photo of <new1> mug") and as many class images ("A
 photo of mug", made by the frozen generator, `prpg.priors`); loss = MSE(instance) +
-prior_weight * MSE(class). What differs from the reference, on purpose (paper §5, weak points 12, 17):
+prior_weight * MSE(class). What differs from the reference, on purpose (docs/protocol.md §5.12, §5.17):
 - the mask goes through exactly the image's transform (short-side resize, the same crop, the same
   flip), so it stays on the object for non-square photos; the reference resizes it to a square;
 - every sample of the batch is weighted by its own mask (the reference uses mask[0] for all);

@@ -2,7 +2,7 @@
 category, shared by every instance of that category.
 
 The reference regenerates them per instance (plain script) or pours every category into one folder
-(masked script, weak point 12). Here `outputs/class_images/<category>/` is made once, with a
+(masked script, docs/protocol.md §5.12). Here `outputs/class_images/<category>/` is made once, with a
 `settings.json` saying how; a later call reuses it when it holds >= n images made with the same
 settings (prompt, seed, sampler steps, guidance, batch, resolution, and a fingerprint of the
 generator's weights), and regenerates it otherwise. Batch is part of the settings because each batch

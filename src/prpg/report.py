@@ -44,8 +44,8 @@ TASKS = ("classification", "retrieval", "retrieval_ndcg", "retrieval_mrr", "retr
          "detection", "detection_ap50", "detection_f1", "detection_f1_50",
          "segmentation", "segmentation_ap50", "segmentation_f1", "segmentation_f1_50")
 # The paper's "Ret" column is NDCG over the full ranking (the reference computes NDCG, MRR and top-10 and
-# no mAP; NDCG is its first output, protocol §2.2), so "Ret" is our retrieval_ndcg; our mAP ("retrieval")
-# follows as the extra column "Ret mAP", which has no paper counterpart.
+# no mAP; NDCG is its first output, docs/protocol.md §2.2), so "Ret" is our retrieval_ndcg; our mAP
+# ("retrieval") follows as the extra column "Ret mAP", which has no paper counterpart.
 HEADLINE_TASKS = ("classification", "retrieval_ndcg", "detection", "segmentation", "retrieval")
 TASK_LABELS = {"classification": "Cls", "retrieval_ndcg": "Ret", "detection": "Det", "segmentation": "Seg",
                "retrieval": "Ret mAP"}
@@ -65,7 +65,7 @@ PM = " ±"  # suffix of a mean column's half-CI companion
 RESULT_FILES = ("evaluate.json", "instances.csv", "params.json")  # train_log.csv is optional
 REQUIRED_PARAMS = ("dataset", "backbone", "method")
 
-# Published reference numbers, x100: the project page's results table (paper-protocol §4.1, exact;
+# Published reference numbers, x100: the project page's results table (docs/protocol.md §4.1, exact;
 # Dec 2024 version). Rows "-P (DB)" = personalized with DreamBooth-based synthetic data. Per task the
 # three values are (PODS, DF2, Dogs). "Ret" is filed under retrieval_ndcg (see HEADLINE_TASKS).
 PAPER_MAIN = {
@@ -82,16 +82,17 @@ PAPER_MAIN = {
     ("mae_vitb16", "personalized"): {"classification": (15.8, 12.1, 30.3), "retrieval_ndcg": (30.3, 23.2, 42.9),
                                      "detection": (0.1, 0.3, 0.2), "segmentation": (0.1, 1.2, 1.2)},
 }
-# Approximate (read off the project page's bar chart, §4.2): classification AP x100 per PODS test split
-# of the fine-tuned backbone (presumably DINOv2), by positive set. Order: ID, Pose, Distractors, Both.
+# Approximate (read off the project page's bar chart, docs/protocol.md §4.2): classification AP x100 per PODS
+# test split of the fine-tuned backbone (presumably DINOv2), by positive set. Order: ID, Pose, Distractors,
+# Both.
 PAPER_METHODS = {
     "real": ("Real Imgs", (77.0, 46.0, 35.0, 27.0)),
     "cut_paste": ("Cut/Paste", (91.5, 64.0, 65.5, 47.5)),
     "masked_dreambooth": ("Masked DB", (91.0, 70.0, 57.5, 50.5)),
     "combined": ("Combined", (92.5, 71.5, 64.5, 56.0)),
 }
-# Approximate (line chart, §4.3): "classification accuracy" x100 vs number of real images; dataset and
-# backbone not stated.
+# Approximate (line chart, docs/protocol.md §4.3): "classification accuracy" x100 vs number of real images;
+# dataset and backbone not stated.
 PAPER_SCALING = {
     "num_real": (3, 5, 10, 15, 20),
     "real": (36.0, 58.5, 66.5, 68.5, 68.4),
@@ -397,8 +398,8 @@ def _main_order(table: pd.DataFrame, suffix: str = "") -> pd.DataFrame:
 
 
 def paper_table() -> pd.DataFrame:
-    """The paper's published main table (§4.1, exact, x100; no CIs were published), same shape as
-    main_table with rows labelled '... [paper]'."""
+    """The paper's published main table (docs/protocol.md §4.1, exact, x100; no CIs were published), same
+    shape as main_table with rows labelled '... [paper]'."""
     records = [{"backbone": b, "model": m, "col": _col(task, d), "mean": v}
                for (b, m), by_task in PAPER_MAIN.items()
                for task, values in by_task.items() for d, v in zip(PAPER_DATASETS, values)]
@@ -448,7 +449,7 @@ SYNTHETIC = "synthetic positives"  # method_table column: mean per instance, whe
 
 def method_table(results: Iterable[Result], task: str = "classification",
                  model: str = "personalized") -> pd.DataFrame:
-    """Generation-method comparison (paper §4.2): `task` x100 per test split and over all, of the
+    """Generation-method comparison (docs/protocol.md §4.2): `task` x100 per test split and over all, of the
     personalized model of every result, with one pretrained reference row per (dataset, backbone),
     taken from its headline result, else its first by name. Rows are labelled by method; a method
     run more than once (e.g. a CFG sweep) is labelled 'method (result name)'. Results that tracked it
@@ -522,8 +523,8 @@ def gain_table(results: Iterable[Result], tasks: Sequence[str] = HEADLINE_TASKS,
 
 
 def paper_method_table() -> pd.DataFrame:
-    """The paper's §4.2 chart values (approximate, read off a bar chart): classification AP x100 per
-    PODS test split of the personalized backbone (presumably DINOv2), by method."""
+    """The paper's chart values (docs/protocol.md §4.2; approximate, read off a bar chart): classification AP
+    x100 per PODS test split of the personalized backbone (presumably DINOv2), by method."""
     cols = [SPLIT_LABELS[s] for s in SPLITS]
     rows = [{"source": "paper (approx.)", "dataset": "pods", "method": m, "paper label": label,
              **dict(zip(cols, v))} for m, (label, v) in PAPER_METHODS.items()]
@@ -531,7 +532,8 @@ def paper_method_table() -> pd.DataFrame:
 
 
 def paper_scaling_table() -> pd.DataFrame:
-    """The paper's §4.3 real-data scaling curve (approximate, read off a line chart), x100."""
+    """The paper's real-data scaling curve (docs/protocol.md §4.3; approximate, read off a line chart),
+    x100."""
     df = pd.DataFrame(PAPER_SCALING).set_index("num_real")
     return df.T.rename_axis("row").rename(columns=lambda n: f"num_real={n}")
 

@@ -1,14 +1,14 @@
 """Stage "synthesize": synthetic positives, shared negatives and cut-and-paste composites.
 
-Positives (paper §1.2) come from the personalized generator, with either
+Positives (docs/protocol.md §1.2) come from the personalized generator, with either
   - the vanilla class prompt "photo of a <new1> {category}" (the reference's wording): exactly n
     images (the reference makes int(n / batch) * batch), or
   - a prompt file of 100 scene sentences per category: every sentence is sampled ceil(n / 100)
     times, so n = 450 gives 500 images, as in the reference (triplet sampling keeps 450 of them).
-Negatives (§1.4, no reference code) come from the FROZEN generator with "a photo of a {category}",
-once per category, shared by every instance of it.
-Cut-and-paste (§1.5, no reference code) pastes the instance, cut from its real train images with
-its mask, at a random scale and position onto real or generated backgrounds; no harmonization.
+Negatives (docs/protocol.md §1.4, no reference code) come from the FROZEN generator with "a photo of a
+{category}", once per category, shared by every instance of it.
+Cut-and-paste (docs/protocol.md §1.5, no reference code) pastes the instance, cut from its real train images
+with its mask, at a random scale and position onto real or generated backgrounds; no harmonization.
 
 Reproducibility: every image has its own seed, derived from (run seed, what is made, for whom)
 and recorded in prompts.csv, and its own torch generator, so its initial noise depends only on its

@@ -2,7 +2,7 @@
 
 All four are timm VisionTransformers loaded by `prpg.core.models.load_backbone`. Why timm rather than the
 reference's three loaders (torch.hub DINOv2, CLIP converted to a DINO-style ViT, HF MAE copied into
-one, protocol §1.8):
+one, docs/protocol.md §1.8):
 - every block keeps the fused `qkv` Linear, which is exactly what the paper's LoRA targets
   (`target_modules=["qkv"]`), so one LoRA recipe fits all three models;
 - `dynamic_img_size=True` interpolates the position embeddings for any input size (the dense tasks
@@ -15,9 +15,10 @@ feature is therefore its 768-d CLS after ln_post, unprojected, as the reference'
 
 Preprocessing (global tasks and training) is the paper's, per name (`PAPER_PREPROCESSING`), and not
 timm's resolved config: timm would give DINOv2 518 px and MAE a 0.9 crop_pct, the reference uses
-resize 256 -> crop 224 for both (§1.8). Local folders (toybox, tests) use their timm pretrained_cfg.
+resize 256 -> crop 224 for both (docs/protocol.md §1.8). Local folders (toybox, tests) use their timm
+pretrained_cfg.
 
-Protocol §5 decisions visible here:
+Decisions on the weak points of docs/protocol.md §5 visible here (numbered as there):
 - (10) training uses `embedding(x, "cls+patch")`, while the reference evaluates personalized models
   on the CLS only; both are one call here, so evaluation picks deliberately. The reference's
   *pretrained* CLIP baseline is the 512-d projected `encode_image`; `clip_vitb16` here is always the
@@ -198,7 +199,8 @@ def load(name_or_path: str | Path, device: str = "cpu", projection: bool = False
 def projection_head(name_or_path: str | Path) -> torch.nn.Module:
     """The checkpoint's head Linear, in eval mode. load_backbone builds with num_classes=0, which drops it;
     OpenAI CLIP's timm checkpoint stores its image projection `proj` (768 -> 512, no bias) there, so
-    head(CLS after the final norm) is `encode_image`, the reference's pretrained CLIP feature (§1.8)."""
+    head(CLS after the final norm) is `encode_image`, the reference's pretrained CLIP feature
+    (docs/protocol.md §1.8)."""
     import timm
 
     from prpg.core.models import backbone_source
@@ -298,8 +300,9 @@ def embed_images(bb: Backbone, images: Sequence, feature: Feature = "cls", batch
                  device: str = "cpu", dropout: bool = False) -> torch.Tensor:
     """(N, D) float32 on the CPU, L2-normalized; images are PIL images or paths. Runs in eval mode (LoRA
     dropout off) and restores the train/eval mode; the model is moved to `device` and stays there.
-    dropout=True runs in train mode instead, as the reference evaluates its LoRA models (§2.0): only to
-    measure that difference (`dropout_gap`); seed torch first for repeatable draws."""
+    dropout=True runs in train mode instead, as the reference evaluates its LoRA models
+    (docs/protocol.md §2.0): only to measure that difference (`dropout_gap`); seed torch first for repeatable
+    draws."""
     if not len(images):
         raise ValueError(f"{bb.name}: no images to embed")
     transform = bb.global_transform()

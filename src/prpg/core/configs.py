@@ -239,8 +239,8 @@ class SynthesizeConfig:
 
 @dataclass(frozen=True, kw_only=True, config=ConfigDict(extra="forbid"))
 class NegativesConfig:
-    # ASSUMPTIONS, all three (protocol §1.4): the reference has no negatives code; it only released the
-    # images ({pods,dogs,df2}_negatives.zip), made by the frozen generator ("images of other objects in
+    # ASSUMPTIONS, all three (docs/protocol.md §1.4): the reference has no negatives code; it only released
+    # the images ({pods,dogs,df2}_negatives.zip), made by the frozen generator ("images of other objects in
     # the same semantic category"). Count, prompt and CFG are in no available source; the released zips
     # would settle the count. Paper runs use experiments/shared/paper.yaml's values (the count's reason there).
     n: int = Field(ge=1)
@@ -322,8 +322,8 @@ class FilterConfig:
     localize: Literal["dense_otsu", "persam", "none"]
     sam: str = SAM  # hub id or local save_pretrained folder (persam only)
     persam_points: int = Field(2, ge=1)  # persam="simple" only; "reference" uses 5 spaced (DINOv2) or top-2
-    # persam="reference": the reference's PerSAM (protocol §2.3: spaced points, 2 learned mask weights,
-    # 2 cascaded refinements; paper runs); "simple": top points, one SAM call, best-rated mask.
+    # persam="reference": the reference's PerSAM (docs/protocol.md §2.3: spaced points, 2 learned mask
+    # weights, 2 cascaded refinements; paper runs); "simple": top points, one SAM call, best-rated mask.
     persam: Literal["simple", "reference"]
     dense_resolution: int | None = Field(ge=1)  # patch-feature input side; None: the backbone's
     # How the localizing backbone sees an image: "sam_pad" = the reference (SAM processor: long side
@@ -347,7 +347,7 @@ RefType = Literal["real", "synthetic", "both"]
 
 @dataclass(frozen=True, kw_only=True, config=ConfigDict(extra="forbid"))
 class TrainConfig:
-    """Contrastive LoRA fine-tuning (protocol §1.6-1.7)."""
+    """Contrastive LoRA fine-tuning (docs/protocol.md §1.6-1.7)."""
 
     loss: TrainLoss  # reference info_nce_fixed; multi_pos; hinge (on embeddings, fixed)
     temperature: float = Field(gt=0)  # hard-coded in the reference
@@ -385,7 +385,7 @@ EvalTask = Literal["classification", "retrieval", "dense"]  # dense = detection 
 class EvalConfig:
     tasks: tuple[EvalTask, ...] = ("classification", "retrieval", "dense")
     # Global feature of both models. The paper evaluates on the CLS token although it trains on
-    # concat(CLS, mean patch) (protocol §2.0, weak point 10); "cls+patch" evaluates what was trained.
+    # concat(CLS, mean patch) (docs/protocol.md §2.0, §5.10); "cls+patch" evaluates what was trained.
     eval_feature: Literal["cls", "cls+patch"]
     top_k: int = Field(ge=1)  # retrieval top-k accuracy, reported as retrieval_top{k}
     # Dense path: long side resized to dense_grid x patch_size px, padded to a square. The paper uses a
@@ -393,7 +393,8 @@ class EvalConfig:
     dense_grid: int = Field(ge=1)
     dense_mode: Literal["threshold", "persam"]  # persam needs the `sam` weights
     target_images: Literal["first", "all"]  # the paper: the first train image's mask only
-    box_geometry: Literal["fixed", "reference"]  # reference: boxes ignore the padding (§5.16)
+    # reference: boxes ignore the padding (docs/protocol.md §5.16)
+    box_geometry: Literal["fixed", "reference"]
     min_object_size: int | None = Field(None, ge=1)  # None: 100 px per 1024x1024 px of image (the paper's 100)
     sam: str = SAM  # hub id or local save_pretrained folder (persam only)
     persam_points: int = Field(2, ge=1)

@@ -1,4 +1,4 @@
-"""Stage "evaluate": the four downstream tasks of the paper (protocol §2), per instance.
+"""Stage "evaluate": the four downstream tasks of the paper (docs/protocol.md §2), per instance.
 
 - classification: AP of "is this test image the instance?", score = max cosine to its train images
 - retrieval: the instance's test images query all train images (mAP, NDCG, MRR, top-k)
@@ -7,7 +7,7 @@
 evaluate_instance returns one instance's metrics for several models; aggregate (prpg.aggregate)
 averages instances.
 Defaults follow the paper except where a reference bug is fixed behind an option: box_geometry
-(weak point 16) and eval_feature (weak point 10, the paper's "cls" stays the default).
+(docs/protocol.md §5.16) and eval_feature (docs/protocol.md §5.10, the paper's "cls" stays the default).
 """
 
 from prpg.core.configs import EvalConfig

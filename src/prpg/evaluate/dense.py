@@ -1,4 +1,4 @@
-"""Detection and segmentation by similarity to the instance (protocol §2.3), one prediction per image.
+"""Detection and segmentation by similarity to the instance (docs/protocol.md §2.3), one prediction per image.
 
 target = (max + mean) / 2 of the patch features under the first train image's mask (prpg.filter.filtering's
 `target_feature`, the mask mapped through the canvas geometry; a patch is under the mask when the mask

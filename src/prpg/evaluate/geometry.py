@@ -1,4 +1,4 @@
-"""Geometry of the dense path (protocol §2.3): the SAM-style canvas and the maps between original
+"""Geometry of the dense path (docs/protocol.md §2.3): the SAM-style canvas and the maps between original
 pixels and the patch grid.
 
 The image's long side is resized to S = grid x patch px (aspect kept, SAM's rounding), the image sits
@@ -75,8 +75,8 @@ def grid_to_image(sim: torch.Tensor, geom: PadGeometry) -> np.ndarray:
 
 def box_on_grid(box: Box, geom: PadGeometry, mode: BoxGeometry = "fixed") -> tuple[float, ...]:
     """The box in patch-grid units. "fixed": through the resize + pad of the features. "reference":
-    stretched from the original resolution over the whole grid, padding ignored (weak point 16), which
-    is right only for square images."""
+    stretched from the original resolution over the whole grid, padding ignored (docs/protocol.md §5.16),
+    which is right only for square images."""
     x0, y0, x1, y1 = box
     if mode == "fixed":
         h, w = geom.resized
@@ -123,14 +123,14 @@ def _sampled(lo: int, hi: int, n: int, size: int, scale: float, rule: str) -> np
 
 
 def box_cells_sampled(box: Box, geom: PadGeometry, mode: BoxGeometry = "fixed", rule: str = "centre") -> torch.Tensor:
-    """(grid, grid) bool: the reference's cells of a box (EvalConfig.protocol "reference", §2.3). It
-    draws the box as a 0/1 mask, resizes it bilinearly to the grid and keeps the cells == 1 for a
-    predicted box ("centre": the cell's sampling point, its centre, lies in the box, up to half a
-    pixel) and > 0 for a train GT box ("touch"). On a 1024 x 768 image a box from x = 7 to 200 has 11
+    """(grid, grid) bool: the reference's cells of a box (EvalConfig.protocol "reference",
+    docs/protocol.md §2.3). It draws the box as a 0/1 mask, resizes it bilinearly to the grid and keeps the
+    cells == 1 for a predicted box ("centre": the cell's sampling point, its centre, lies in the box, up to
+    half a pixel) and > 0 for a train GT box ("touch"). On a 1024 x 768 image a box from x = 7 to 200 has 11
     cells fully inside it (ours, box_cells) and 13 centres in it. mode "reference" also ignores the
-    padding as the reference does (weak point 16) and resizes the box mask literally, float32 rounding
-    included (a few cells whose centre is in the box come out 0.99999994); "fixed" samples through the
-    canvas mapping analytically. An empty result (the reference's NaN score) falls back to the touched
+    padding as the reference does (docs/protocol.md §5.16) and resizes the box mask literally, float32
+    rounding included (a few cells whose centre is in the box come out 0.99999994); "fixed" samples through
+    the canvas mapping analytically. An empty result (the reference's NaN score) falls back to the touched
     cells."""
     x0, y0, x1, y1 = box
     g = geom.grid
@@ -155,7 +155,8 @@ def box_cells_sampled(box: Box, geom: PadGeometry, mode: BoxGeometry = "fixed", 
 
 def box_cells(box: Box, geom: PadGeometry, mode: BoxGeometry = "fixed") -> torch.Tensor:
     """(grid, grid) bool: the cells fully inside the box; a box that covers no full cell uses the
-    cells it touches, so the mean feature of a box is never empty (the reference's NaN, §5.16)."""
+    cells it touches, so the mean feature of a box is never empty (the reference's NaN,
+    docs/protocol.md §5.16)."""
     gx0, gy0, gx1, gy1 = box_on_grid(box, geom, mode)
     g = geom.grid
     cells = torch.zeros(g, g, dtype=torch.bool)

@@ -1,4 +1,4 @@
-"""Per-instance evaluation of several backbones on the four tasks (protocol §2), and the mean over
+"""Per-instance evaluation of several backbones on the four tasks (docs/protocol.md §2), and the mean over
 instances with a bootstrap CI.
 
 Result schema (plain floats in [0, 1]; keys stable, the report reads them):

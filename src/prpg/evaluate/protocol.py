@@ -1,5 +1,5 @@
 """The reference implementation's evaluation rules, used when EvalConfig.protocol == "reference" (paper
-runs); "fixed" keeps ours. Each rule, the reference's behaviour -> ours (protocol §2, §5.16):
+runs); "fixed" keeps ours. Each rule, the reference's behaviour -> ours (docs/protocol.md §2, §5.16):
 
 - Ret column: the reference computes NDCG / MRR / top-10, no mAP; the report's "Ret" is our NDCG and our
   mAP is an extra column (prpg.report), in both modes.

@@ -1,4 +1,4 @@
-"""Stage "filter": keep the generated images that look like the instance (protocol §1.3, reference
+"""Stage "filter": keep the generated images that look like the instance (docs/protocol.md §1.3, reference
 generate_data.py --filter).
 
 Once per instance: crop each real train image to the bounding box of its mask (a box crop with its
@@ -6,17 +6,18 @@ background, not a cut-out, as the reference) and embed the crops. Per generated 
 object, crop the image to that box, embed, score = MEAN cosine to the real crops (the paper; `max` as
 an option), keep if score >= threshold (0.6). The kept set is the full generated images.
 
-Fixed against the reference (protocol §5.13): images and masks pair by stem through the dataset
+Fixed against the reference (docs/protocol.md §5.13): images and masks pair by stem through the dataset
 reader, not by two globs' order; any image extension; and an image whose localization fails still
 counts as an attempt, so the loop always ends after `max_attempts`.
 
 Localization of the generated object:
 - "dense_otsu" (toybox default): cosine of the backbone's patch features to the instance's feature
-  (from the first train image's mask), Otsu threshold, largest component; the dense-eval recipe (§2.3)
+  (from the first train image's mask), Otsu threshold, largest component; the dense-eval recipe
+  (docs/protocol.md §2.3)
 - "persam": SAM prompted with points of that similarity map. `persam="reference"` (paper runs) is the
-  reference's PerSAM (§2.3): up to 5 spaced points for DINOv2 (top-2 otherwise), the multimask output
-  mixed by 2 weights learned on the first train image, two cascaded refinements. `persam="simple"`:
-  the top points, one SAM call, the mask SAM rates best, largest component.
+  reference's PerSAM (docs/protocol.md §2.3): up to 5 spaced points for DINOv2 (top-2 otherwise), the
+  multimask output mixed by 2 weights learned on the first train image, two cascaded refinements.
+  `persam="simple"`: the top points, one SAM call, the mask SAM rates best, largest component.
 - "none": the whole image
 
 How the localizing backbone sees an image (`dense_input`): "sam_pad" is the reference's (SAM processor:
@@ -126,8 +127,8 @@ class SquashLayout:
 
 @plain_dataclass(frozen=True)
 class PaddedLayout:
-    """The reference's canvas (protocol §2.3): long side resized to grid x patch px, aspect kept, image
-    top-left on a padded square. A grid map goes back through the padding (prpg.evaluate.geometry)."""
+    """The reference's canvas (docs/protocol.md §2.3): long side resized to grid x patch px, aspect kept,
+    image top-left on a padded square. A grid map goes back through the padding (prpg.evaluate.geometry)."""
 
     grid: int
     patch: int
@@ -322,7 +323,7 @@ class PerSamLocalizer:
         return None if mask is None else mask_to_box(mask)
 
 
-# --- PerSAM as the reference (protocol §1.3, §2.3) --------------------------------------------------
+# --- PerSAM as the reference (docs/protocol.md §1.3, §2.3) --------------------------------------------------
 
 REFERENCE_POINTS = 5  # at most, for DINOv2 backbones
 REFERENCE_TOP_FRACTION = 0.1  # candidates: within the top 10% of the map's range

@@ -61,7 +61,7 @@ NOT_COUNTS = {"filter.threshold": -1.0}
 # encoder, the frozen base pipeline beside the trained copy, checkpointed 512-px activations): the
 # personalize stage's peak RSS measured in a paper-shape rehearsal was 21.5 GB.
 FULL_DREAMBOOTH_BYTES = int(21.6e9)
-# Images of the whole dataset that each instance's evaluation embeds (PODS, paper-protocol §2.1-2.3: ~10.9 k
+# Images of the whole dataset that each instance's evaluation embeds (PODS, docs/protocol.md §2.1-2.3: ~10.9 k
 # test images for classification and retrieval, 1200 test_dense images for detection and segmentation).
 DATASET_EVAL_IMAGES = {"pods": {"test": 10900, "test_dense": 1200}}
 

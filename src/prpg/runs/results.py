@@ -28,7 +28,8 @@ FILES = ("evaluate.json", "instances.csv", "train_log.csv")
 
 
 def method_name(sources: tuple[str, ...], masked: bool) -> str:
-    """The paper's names for the positive sets (§4.2): real, (masked) dreambooth, cut_paste, combined."""
+    """The paper's names for the positive sets (docs/protocol.md §4.2): real, (masked) dreambooth, cut_paste,
+    combined."""
     db = "masked_dreambooth" if masked else "dreambooth"
     names = {("real",): "real", ("dreambooth_filtered",): db, ("dreambooth",): f"{db}_unfiltered",
              ("cut_paste",): "cut_paste", ("cut_paste", "dreambooth_filtered"): "combined"}

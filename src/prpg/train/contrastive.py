@@ -1,4 +1,4 @@
-"""Stage "train": contrastive LoRA fine-tuning of a backbone on an instance's triplets (protocol §1.7,
+"""Stage "train": contrastive LoRA fine-tuning of a backbone on an instance's triplets (docs/protocol.md §1.7,
 reference contrastive/train_custom.py and losses.py).
 
 - LoRA (peft) on every block's fused `qkv` Linear: r 16, alpha 0.5, dropout 0.3, bias none; the base
@@ -8,11 +8,11 @@ reference contrastive/train_custom.py and losses.py).
   L2-normalized inside the losses.
 - Loss: InfoNCE as the reference's `info_nce_fixed` (each anchor against every in-batch positive, all
   in-batch negatives, temperature 0.07); `multi_pos`; or the hinge, here on the embeddings (the
-  reference computes it on raw pixels, protocol §5.9, so it had no gradient path).
+  reference computes it on raw pixels, docs/protocol.md §5.9, so it had no gradient path).
 - Adam lr 3e-4, betas (0.5, 0.999), batch 16, 2 epochs; augmentation (flip, rotation +-10 deg,
   RandomResizedCrop scale 0.8-1) on the normalized tensors, independently for anchor/left/right.
 
-Differences from the reference by design (protocol §5): a plain PyTorch loop on CPU or CUDA (the
+Differences from the reference by design (docs/protocol.md §5): a plain PyTorch loop on CPU or CUDA (the
 reference's Lightning Trainer is GPU-only, 7); the output is the final adapter in safetensors, not an
 `epoch=0{E-1}.ckpt` Lightning pickle found by a name format (7); the hinge is on embeddings and the
 temperature is configurable (9); optional bf16 autocast on CUDA (`bf16: true`, a speed option; off by

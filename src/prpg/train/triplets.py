@@ -1,4 +1,4 @@
-"""Triplet sampling for the contrastive stage (protocol §1.6, reference contrastive/make_triplets.py).
+"""Triplet sampling for the contrastive stage (docs/protocol.md §1.6, reference contrastive/make_triplets.py).
 
 1. The synthetic positives (any mix of sources: DreamBooth, masked DreamBooth, Cut/Paste, or the real
    images themselves for the "augmented real" baseline) are shuffled with the seed and the first

@@ -32,7 +32,8 @@ def load_images(records, resolution: int | None = None) -> list:
 
 
 def object_crops(records) -> list:
-    """Each image cropped to its mask's box: the object, as the filter's real crops (paper §1.3)."""
+    """Each image cropped to its mask's box: the object, as the filter's real crops
+    (docs/protocol.md §1.3)."""
     return [im.crop(mask_to_box(load_mask(r.mask_path))) for im, r in zip(load_images(records), records, strict=True)]
 
 
@@ -59,7 +60,8 @@ def retrieval_map(query: torch.Tensor, query_labels: list[str], gallery: torch.T
 
 
 def instance_retrieval(encoder, transform, ds: Dataset, split: str = "test") -> float:
-    """Queries: test images of the `split` instances; gallery: train images of all instances (paper §2.2)."""
+    """Queries: test images of the `split` instances; gallery: train images of all instances
+    (docs/protocol.md §2.2)."""
     gallery_recs = ds.images("train")
     query_recs = [r for i in ds.instances_in(split=split) for r in ds.images("test", i.name)]
     gallery = embed(encoder, load_images(gallery_recs), transform)

@@ -1,5 +1,5 @@
 """evaluate.protocol "reference" vs "fixed": each reference rule re-derived here from its description
-(paper-protocol §2.0-2.3, §5.16; prpg.evaluate.protocol) on synthetic cases, and "fixed" unchanged."""
+(docs/protocol.md §2.0-2.3, §5.16; prpg.evaluate.protocol) on synthetic cases, and "fixed" unchanged."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Parity of the filter's localization with the reference (protocol §1.3, §2.3), each derived here from
+"""Parity of the filter's localization with the reference (docs/protocol.md §1.3, §2.3), each derived here from
 the protocol's description and checked against the reference mode:
 
 - the dense input: the SAM-processor canvas (long side resized, normalized, padded square) at

@@ -1,4 +1,4 @@
-"""Parity with the reference protocol for the inputs of generation and training (paper-protocol §1.2-1.7):
+"""Parity with the reference protocol for the inputs of generation and training (docs/protocol.md §1.2-1.7):
 the paper's own scene prompts (downloaded, checksum verified, keyed by instance), fp32 LoRA training, the
 number of filtered positives kept, and the paper experiment resolving to those values."""
 

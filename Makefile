@@ -27,12 +27,14 @@ PIP_LOCAL = $(foreach u,$(sort $(PIP_FIND_LINKS) $(shell $(PYTHON) -m pip config
 	--index-strategy unsafe-best-match
 UV_INSTALL = $(BIN)/uv pip install --quiet --compile-bytecode --python $(BIN)/python -c constraints.txt
 
+# One line of output (pip's -qq: errors only); a failing step still prints its error and stops make.
 $(VENV)/.installed: pyproject.toml constraints.txt
-	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check -c constraints.txt uv
-	$(UV_INSTALL) $(PIP_LOCAL) torch torchvision
-	$(UV_INSTALL) -e '.[test]'
-	touch $@
+	@echo "installing into $(VENV) (torch, torchvision, then prpg[test] against constraints.txt)"
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	@$(BIN)/python -m pip install -qq --disable-pip-version-check -c constraints.txt uv
+	@$(UV_INSTALL) $(PIP_LOCAL) torch torchvision
+	@$(UV_INSTALL) -e '.[test]'
+	@touch $@
 
 # The demo is `dvc repro` with independent stages JOBS at a time (prpg repro: same stages, same results).
 # 3 on 2 cores: the demo's 5 instance chains run as 3 then 2, both cores busy to the end (measured:
@@ -41,8 +43,8 @@ JOBS ?= 3
 # It prints one line per stage and ends with the pretrained-vs-personalized table (prpg summary, from
 # reports/metrics/evaluate.json) and the report's path; each stage's full output is in its .log.
 demo: install
-	prpg repro --jobs $(JOBS)
-	prpg summary
+	@prpg repro --jobs $(JOBS)
+	@prpg summary
 
 test: install
 	python -m pytest

@@ -3,6 +3,7 @@
 import argparse
 import functools
 import json
+import shutil
 import subprocess
 import sys
 import threading
@@ -83,8 +84,10 @@ def test_concurrent_chains_never_share_a_gpu_and_each_gets_exactly_one(monkeypat
 
 
 def test_repro_with_gpus_pins_every_dvc_call_and_checks_jobs(monkeypatch, tmp_path):
-    (tmp_path / "params.yaml").write_text("run:\n  categories: [mug, shoe]\n"
-                                          "  instances: {mug_06: {category: mug}, shoe_06: {category: shoe}, shoe_07: {category: shoe}}\n")
+    from prpg.runs.experiments import set_instances
+
+    shutil.copy(Path(__file__).resolve().parents[1] / "params.yaml", tmp_path / "params.yaml")
+    set_instances(tmp_path / "params.yaml", {"mug_06": "mug", "shoe_06": "shoe", "shoe_07": "shoe"})
     monkeypatch.setattr(repro, "stage_names", lambda cwd: NAMES)
     calls = []
     monkeypatch.setattr(repro, "_run_dvc", lambda cmd, cwd, env, progress, gpu: calls.append((cmd, env)) or 0)

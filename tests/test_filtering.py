@@ -399,7 +399,6 @@ def test_candidate_images_are_the_files_then_fresh_samples_up_to_the_attempt_cap
 
 
 def test_personalized_samples_load_the_generator_only_when_asked(monkeypatch):
-    from prpg.core.configs import SynthesizeConfig
     from prpg.filter import candidates
 
     calls = []
@@ -412,7 +411,7 @@ def test_personalized_samples_load_the_generator_only_when_asked(monkeypatch):
         return itertools.repeat(Image.new("RGB", (4, 4), RED))
 
     monkeypatch.setattr(candidates, "sample_stream", fake_stream)
-    samples = candidates.personalized_samples("models/toybox/generator", "outputs/personalize/mug_06", SynthesizeConfig(),
+    samples = candidates.personalized_samples("models/toybox/generator", "outputs/personalize/mug_06", toybox_config("synthesize.positives"),
                                               "mug_06", "mug", seed=3, device="cpu")
     assert calls == []
     assert next(samples).getpixel((0, 0)) == RED

@@ -13,6 +13,7 @@ from pathlib import Path
 import jupytext
 import nbformat
 import pandas as pd
+import yaml
 import pytest
 
 from prpg import report
@@ -368,12 +369,16 @@ TABLES = ("run_summary", "run_splits", "run_categories", "experiments", "main_ta
 FIGURES = ("gains", "training", "methods", "sweep_guidance", "sweep_loss", "sweep_num_real")
 
 
+POD_COMMON = {"seed": 0, "device": "cpu", "threads": 2, "dataset": "pods", "data_root": "data/pods",
+              "data_source": "data/pods"}
+
+
 def _repo(tmp_path: Path, with_results: bool, per_split: bool) -> Path:
     """A copy of the tracked inputs the report reads: markers, reports/metrics, reports/results."""
     repo = tmp_path / "repo"
     repo.mkdir()
     (repo / "dvc.yaml").write_text("stages: {}\n")
-    (repo / "params.yaml").write_text("{}\n")
+    (repo / "params.yaml").write_text(yaml.safe_dump({"common": POD_COMMON}))
     write_run(repo / "reports/metrics", summary(HEAD, per_split=pods_splits(0.45) if per_split else None))
     if with_results:
         make_results(repo / "reports/results")
@@ -387,8 +392,7 @@ def _execute(repo: Path, out: Path) -> None:
 
     nb = jupytext.read(ROOT / "notebooks/09_report.py")
     papermill.execute_notebook(nb, str(out), kernel_name="python3", cwd=str(repo), progress_bar=False,
-                               parameters={"common": {"seed": 0, "device": "cpu", "dataset": "pods",
-                                                      "data_root": "data/pods", "data_source": "data/pods"}})
+                               parameters={"common": POD_COMMON})
 
 
 def test_notebook_runs_on_tracked_files(tmp_path):

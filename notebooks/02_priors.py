@@ -24,7 +24,7 @@
 # - **generated backgrounds**: the category's scene prompts with the subject removed, for the
 #   cut-and-paste composites (paper §1.5; `outputs/backgrounds/<category>`);
 # - **oracle negatives** (toybox only, `priors.oracle_negatives.n > 0`): the category's pool instances
-#   rendered in new scenes (`outputs/negatives_oracle/<category>`, empty when off; docs/toybox.md).
+#   rendered in new scenes (`outputs/negatives_oracle/<category>`, no images when off; docs/toybox.md).
 #
 # `dvc repro` runs this notebook once per category in `run.categories` (`priors@<category>`).
 

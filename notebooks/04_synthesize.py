@@ -24,9 +24,9 @@
 #   (0.3-1.3) and position onto real scenes without it and/or generated scene backgrounds (stage 02),
 #   saved with exact masks;
 # - **oracle** (toybox only, `synthesize.oracle.n > 0`): the instance itself rendered in new test-like
-#   scenes, with exact masks (empty when off; docs/toybox.md).
+#   scenes, with exact masks (no images when off; docs/toybox.md).
 #
-# Outputs: `outputs/synthetic/<instance>/{dreambooth,cut_paste,cut_paste_masks,oracle,oracle_masks}/`.
+# Outputs: `outputs/synthetic/<instance>/{dreambooth,cut_paste,cut_paste_masks,oracle}/`.
 
 # %% tags=["parameters"]
 common = {}

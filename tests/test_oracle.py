@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from prpg.data.dataset import list_images
 from prpg.toybox import ANNOS_FILE, EVAL_NAME, build_toybox
 from prpg.toybox.oracle import SCENES_FILE, OracleError, World, oracle_negatives, oracle_positives, require_toybox
 
@@ -53,13 +54,13 @@ def test_oracle_renders_are_disjoint_from_every_dataset_image(micro, tmp_path):
         out = oracle_positives(world, name, N, tmp_path / name / "oracle")
         records = json.loads((out / SCENES_FILE).read_text())
         pngs = sorted(out.glob("*.png"))
-        assert [p.name for p in pngs] == sorted(records) and len(pngs) == N
+        assert [p.name for p in pngs] == sorted(records) and len(pngs) == N and list_images(out) == pngs
         assert [r["split"] for r in records.values()] == ["in_distribution", "pose", "distractors",
                                                           "pose_and_distractors"] * 2
         own = [a for rel, a in dataset.items() if annos[rel]["class"] == name]
         for png in pngs:
             image = _pixels(png)
-            mask = np.asarray(Image.open(tmp_path / name / "oracle_masks" / png.name))
+            mask = np.asarray(Image.open(out / "masks" / png.name))
             assert image.shape == (48, 48, 3) and mask.shape == (48, 48) and mask.any()
             assert records[png.name]["instance"] == name and records[png.name]["seed_tag"][1] == "oracle"
             assert _hash(image) not in hashes
@@ -81,7 +82,7 @@ def test_oracle_negatives_are_pool_instances_of_the_category(micro, tmp_path):
     assert all(pool[n] not in evaluation.values() and pool[n].category == "tote" for n in names)
     for png in sorted(out.glob("*.png")):
         assert _hash(_pixels(png)) not in hashes and _scene_key(records[png.name]["scene"]) not in scenes
-    assert (tmp_path / "tote_masks" / "0004.png").is_file()
+    assert (out / "masks" / "0004.png").is_file()
 
 
 def test_oracle_renders_are_deterministic_for_a_seed(micro, tmp_path):
@@ -91,9 +92,9 @@ def test_oracle_renders_are_deterministic_for_a_seed(micro, tmp_path):
     c = oracle_positives(World(6, 48, 2, 2), "mug_01", 4, tmp_path / "c")
 
     def files(d: Path) -> dict[str, bytes]:
-        return {p.name: p.read_bytes() for p in sorted(d.iterdir())}
+        return {p.name: p.read_bytes() for p in sorted(d.iterdir()) if p.is_file()}
 
-    assert files(a) == files(b) and files(a.parent / "a_masks") == files(b.parent / "b_masks")
+    assert files(a) == files(b) and files(a / "masks") == files(b / "masks")
     assert files(a)["0000.png"] != files(c)["0000.png"]  # another world, another instance
     neg = [oracle_negatives(world, "mug", 3, tmp_path / f"n{k}") for k in range(2)]
     assert files(neg[0]) == files(neg[1])
@@ -102,8 +103,10 @@ def test_oracle_renders_are_deterministic_for_a_seed(micro, tmp_path):
 def test_zero_is_an_empty_folder_and_bad_names_are_one_error(micro, tmp_path):
     _, world = micro
     out = oracle_positives(world, "anything", 0, tmp_path / "off")
-    assert out.is_dir() and not any(out.iterdir()) and (tmp_path / "off_masks").is_dir()
-    assert not any(oracle_negatives(world, "mug", 0, tmp_path / "neg").iterdir())
+    assert sorted(p.name for p in out.iterdir()) == ["masks", SCENES_FILE] and not any((out / "masks").iterdir())
+    assert json.loads((out / SCENES_FILE).read_text()) == {}  # never an empty folder (DVC would not restore it)
+    neg = oracle_negatives(world, "mug", 0, tmp_path / "neg")
+    assert list_images(neg) == [] and json.loads((neg / SCENES_FILE).read_text()) == {}
     with pytest.raises(OracleError, match="'pool_mug_000' is not an evaluation instance"):
         oracle_positives(world, "pool_mug_000", 1, tmp_path / "x")
     with pytest.raises(OracleError, match="unknown toybox category 'cat'"):

@@ -256,7 +256,7 @@ class OracleConfig:
     """An oracle source (prpg.toybox.oracle, toybox only): `synthesize.oracle` renders the instance itself in
     new scenes (per instance), `priors.oracle_negatives` the category's pool instances (per category)."""
 
-    n: int = Field(ge=0)  # images; 0: off (the stage writes an empty folder)
+    n: int = Field(ge=0)  # images; 0: off (the stage writes the folder with no images)
 
 
 @dataclass(frozen=True, kw_only=True, config=ConfigDict(extra="forbid"))

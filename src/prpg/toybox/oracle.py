@@ -13,8 +13,8 @@ Disjoint from every evaluation image: every dataset image draws its scene from
 stable_seed(seed, <dataset name>, <instance>, <folder>, <index>) (prpg.toybox.build); an oracle render
 draws from stable_seed(seed, "oracle" or "oracle_negative", <instance or category>, <index>), a tag no
 dataset image uses, so the scenes are new draws (tests/test_oracle.py checks pixels and scene parameters
-against a whole world). Written as <out>/NNNN.png, masks in <out>_masks/NNNN.png (as cut-and-paste), and
-<out>/scenes.json (per file: instance, split, seed tag, scene parameters).
+against a whole world). Written as <out>/NNNN.png, exact masks in <out>/masks/NNNN.png, and <out>/scenes.json
+(per file: instance, split, seed tag, scene parameters).
 """
 
 from __future__ import annotations
@@ -37,6 +37,7 @@ from prpg.toybox.scenes import TEST_SPLITS, Shot, render_shot, stable_seed
 POSITIVE_TAG = "oracle"
 NEGATIVE_TAG = "oracle_negative"
 SCENES_FILE = "scenes.json"
+MASKS = "masks"
 
 
 class OracleError(ValueError):
@@ -103,18 +104,19 @@ def negative_shots(world: World, category: str, n: int) -> Iterator[tuple[Shot, 
 
 
 def _write(shots: Iterator[tuple[Shot, dict[str, Any]]], out_dir: Path) -> Path:
-    """<out_dir>/NNNN.png + scenes.json and <out_dir>_masks/NNNN.png, each folder atomically (empty: n = 0)."""
+    """<out_dir>/NNNN.png, <out_dir>/masks/NNNN.png and <out_dir>/scenes.json, atomically. The masks live inside
+    the folder (the stage's DVC output; the train stage lists only the images directly in it), and scenes.json
+    is written for n = 0 too ({}): DVC neither restores nor quietly saves an empty folder."""
     out_dir = Path(out_dir)
-    masks_dir = out_dir.parent / f"{out_dir.name}_masks"
-    with atomic_dir(masks_dir) as tmp_masks, atomic_dir(out_dir) as tmp:
+    with atomic_dir(out_dir) as tmp:
+        (tmp / MASKS).mkdir()
         records = {}
         for i, (shot, record) in enumerate(shots):
             name = f"{i:04d}.png"
             Image.fromarray(shot.image, "RGB").save(tmp / name)
-            Image.fromarray(shot.mask.astype(np.uint8) * 255, "L").save(tmp_masks / name)
+            Image.fromarray(shot.mask.astype(np.uint8) * 255, "L").save(tmp / MASKS / name)
             records[name] = record
-        if records:
-            (tmp / SCENES_FILE).write_text(json.dumps(records, sort_keys=True, indent=1) + "\n")
+        (tmp / SCENES_FILE).write_text(json.dumps(records, sort_keys=True, indent=1) + "\n")
     return out_dir
 
 

@@ -22,12 +22,15 @@
 # - **negatives** ("a photo of a {category}"): other objects of the same category, the contrastive
 #   negatives of every instance of the category (docs/protocol.md §1.4; `outputs/negatives/<category>`);
 # - **generated backgrounds**: the category's scene prompts with the subject removed, for the
-#   cut-and-paste composites (docs/protocol.md §1.5; `outputs/backgrounds/<category>`).
+#   cut-and-paste composites (docs/protocol.md §1.5; `outputs/backgrounds/<category>`);
+# - **oracle negatives** (toybox only, `priors.oracle_negatives.n > 0`): the category's pool instances
+#   rendered in new scenes (`outputs/negatives_oracle/<category>`, no images when off; docs/toybox.md).
 #
 # `dvc repro` runs this notebook once per category in `run.categories` (`priors@<category>`).
 
 # %% tags=["parameters"]
 common = {}
+data = {}
 models = {}
 priors = {}
 synthesize = {}
@@ -43,11 +46,13 @@ from prpg.core.plots import image_grid
 from prpg.data import load_dataset
 from prpg.priors import generate_class_images
 from prpg.synthesize import category_backgrounds, generate_negatives
+from prpg.toybox.oracle import stage_negatives
 
 chdir_repo_root()  # JupyterLab starts the kernel in notebooks/ (the stage runner: at the repo root)
 fill_empty_groups(globals())  # run interactively, nothing injected: the groups come from params.yaml
 
 common_p = parse_group("common", common)
+data_p = parse_group("data", data)
 models_p = parse_group("models", models)
 pri = parse_group("priors", priors)
 syn = parse_group("synthesize", synthesize)
@@ -70,6 +75,9 @@ negatives_dir = generate_negatives(frozen, category, "outputs/negatives", pri.ne
 t_neg = time.perf_counter() - t0 - t_class
 backgrounds = category_backgrounds(frozen, category, "outputs/backgrounds", pri.backgrounds, syn.cut_paste.backgrounds,
                                    seed=common_p.seed, instances=category_instances)
+oracle_dir = stage_negatives(common_p, data_p.toybox, category, pri.oracle_negatives.n,
+                             f"outputs/negatives_oracle/{category}")
+print(f"oracle negatives: {pri.oracle_negatives.n} renders of pool {category}s in {oracle_dir}")
 seconds = time.perf_counter() - t0
 print(f"{len(class_paths)} class images ({t_class:.1f} s), {pri.negatives.n} negatives ({t_neg:.1f} s), "
       f"{len(backgrounds)} backgrounds; {seconds:.1f} s in all")

@@ -22,12 +22,15 @@
 #   (paper: 4, 5, 7.5);
 # - **cut-and-paste**: the real instance cut out with its mask and pasted at a random scale
 #   (0.3-1.3) and position onto real scenes without it and/or generated scene backgrounds (stage 02),
-#   saved with exact masks.
+#   saved with exact masks;
+# - **oracle** (toybox only, `synthesize.oracle.n > 0`): the instance itself rendered in new test-like
+#   scenes, with exact masks (no images when off; docs/toybox.md).
 #
-# Outputs: `outputs/synthetic/<instance>/{dreambooth,cut_paste,cut_paste_masks}/`.
+# Outputs: `outputs/synthetic/<instance>/{dreambooth,cut_paste,cut_paste_masks,oracle}/`.
 
 # %% tags=["parameters"]
 common = {}
+data = {}
 models = {}
 synthesize = {}
 instance = "mug_06"
@@ -44,11 +47,13 @@ from prpg.data import load_dataset
 from prpg.personalize import load_personalized
 from prpg.synthesize import cut_and_paste
 from prpg.synthesize import synthesize as run_synthesis
+from prpg.toybox.oracle import stage_positives
 
 chdir_repo_root()  # JupyterLab starts the kernel in notebooks/ (the stage runner: at the repo root)
 fill_empty_groups(globals())  # run interactively, nothing injected: the groups come from params.yaml
 
 common_p = parse_group("common", common)
+data_p = parse_group("data", data)
 models_p = parse_group("models", models)
 syn = parse_group("synthesize", synthesize)
 device = setup_device(common_p)
@@ -72,12 +77,14 @@ t_db = time.perf_counter() - t0
 cut_and_paste(ds, instance, out / "cut_paste", syn.cut_paste, seed=common_p.seed,
               generated_backgrounds=sorted(Path(f"outputs/backgrounds/{category}").glob("*.png")))
 t_cp = time.perf_counter() - t0 - t_db
+stage_positives(common_p, data_p.toybox, instance, syn.oracle.n, out / "oracle")
+print(f"oracle positives: {syn.oracle.n} renders of {instance} in new scenes")
 print(f"DreamBooth positives: {t_db:.1f} s; cut-and-paste: {t_cp:.1f} s")
 
 # %% [markdown]
 # ## Samples
 
 # %%
-rows = {name: sorted((out / name).glob("*.png")) for name in ("dreambooth", "cut_paste")}
+rows = {name: sorted((out / name).glob("*.png")) for name in ("dreambooth", "cut_paste", "oracle")}
 grid = image_grid({f"{instance}: {name} ({len(paths)})": paths for name, paths in rows.items()}, 10,
                   width=15, row_height=1.65)

@@ -21,7 +21,9 @@
 # anchor is pulled toward every positive of the batch against all in-batch negatives.
 #
 # `train.sources` picks the positives (the generation-method comparison): `dreambooth_filtered`
-# (default; the paper's best set), `dreambooth` (unfiltered), `cut_paste`, `real` (real only) or a mix.
+# (default; the paper's best set), `dreambooth` (unfiltered), `cut_paste`, `real` (real only), `oracle`
+# (toybox: the instance itself in new scenes) or a mix; `train.negatives` the negatives: `generated`
+# (stage 02's) or `oracle` (toybox: renders of the category's pool instances).
 #
 # Output: `outputs/train/<instance>/` = `triplets.csv` + `model/` (peft adapter, `train_log.csv`,
 # `train_config.json`).
@@ -44,9 +46,8 @@ from prpg.core.atomic import atomic_dir
 from prpg.core.params import fill_empty_groups, parse_group, setup_device
 from prpg.core.paths import chdir_repo_root
 from prpg.data import load_dataset
-from prpg.data.dataset import list_images
 from prpg.train.contrastive import train as train_lora
-from prpg.train.triplets import make_triplets, positive_sets, save_triplets
+from prpg.train.triplets import make_triplets, negative_set, positive_sets, save_triplets
 
 chdir_repo_root()  # JupyterLab starts the kernel in notebooks/ (the stage runner: at the repo root)
 fill_empty_groups(globals())  # run interactively, nothing injected: the groups come from params.yaml
@@ -62,9 +63,9 @@ real = [r.path for r in ds.images("train", instance)]
 
 
 synthetic = positive_sets(cfg.sources, instance, real)
-negatives = list_images(Path(f"outputs/negatives/{category}"))
+negatives = negative_set(cfg.negatives, category)
 print(f"{instance} ({category}): {len(real)} real anchors; positives "
-      + ", ".join(f"{k} {len(v)}" for k, v in synthetic.items()) + f"; {len(negatives)} negatives")
+      + ", ".join(f"{k} {len(v)}" for k, v in synthetic.items()) + f"; {len(negatives)} {cfg.negatives} negatives")
 
 # %% [markdown]
 # ## Triplets (seeded; saved for inspection) and training

@@ -158,7 +158,7 @@ POD_RUN = dict(common={"dataset": "pods", "data_root": "data/pods", "data_source
 CLI_CASES = [
     ("unknown-method", ["exp", "toybox-foo"], {},
      ["prpg: error: unknown method 'foo': no experiments/methods/foo.yaml (known: combined, cut_paste, dreambooth, "
-      "masked_dreambooth, real)", "or add the file"]),
+      "masked_dreambooth, oracle, oracle_positives, real)", "or add the file"]),
     ("unknown-backbone-name", ["exp", "pods-resnet50"], {},
      ["unknown experiment 'pods-resnet50': no experiments/pods-resnet50.yaml (known: df2-clip_vitb16,"]),
     ("unknown-sweep", ["exp", "toybox-sweep-lr"], {},

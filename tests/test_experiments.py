@@ -13,11 +13,14 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_method_names_follow_the_paper():
-    assert method_name(("real",), False) == "real"
-    assert method_name(("dreambooth_filtered",), False) == "dreambooth"
-    assert method_name(("dreambooth_filtered",), True) == "masked_dreambooth"
-    assert method_name(("cut_paste", "dreambooth_filtered"), True) == "combined"
-    assert method_name(("dreambooth",), False) == "dreambooth_unfiltered"
+    assert method_name(("real",), False, "generated") == "real"
+    assert method_name(("dreambooth_filtered",), False, "generated") == "dreambooth"
+    assert method_name(("dreambooth_filtered",), True, "generated") == "masked_dreambooth"
+    assert method_name(("cut_paste", "dreambooth_filtered"), True, "generated") == "combined"
+    assert method_name(("dreambooth",), False, "generated") == "dreambooth_unfiltered"
+    assert method_name(("oracle",), False, "oracle") == "oracle"  # toybox's oracle sources, named as their files
+    assert method_name(("oracle",), False, "generated") == "oracle_positives"
+    assert method_name(("cut_paste",), False, "oracle") == "cut_paste+oracle_negatives"
 
 
 def test_named_toybox_experiment_is_one_exp_run():
@@ -87,7 +90,9 @@ def test_every_experiment_file_is_reachable_by_name():
     bases = {p.stem for p in (ROOT / "experiments").glob("*.yaml")}
     assert bases == {"toybox"} | {f"{d}-{b}" for d in ("pods", "dogs", "df2")
                                    for b in ("dinov2_vitb14", "clip_vitb16", "mae_vitb16")}
-    assert len(names) == len(bases) * (1 + 5 + 2)  # alone, 5 methods, 2 sweeps
+    assert len(names) == len(bases) * (1 + 5 + 2) + 2  # alone, 5 methods, 2 sweeps; toybox: 2 oracle methods
+    assert {"toybox-oracle", "toybox-oracle_positives"} <= names and "pods-dinov2_vitb14-oracle" not in names
+    resolve("pods-dinov2_vitb14-oracle")  # a name all the same: its params fail, toybox-only (tests/test_oracle.py)
 
 
 def test_unknown_names_say_which_file_is_missing():
@@ -95,7 +100,7 @@ def test_unknown_names_say_which_file_is_missing():
                                        r"\(known: df2-clip_vitb16, .*\); names are <base>\[-<method>\]"):
         resolve("pods-resnet50")
     with pytest.raises(KeyError, match=r"unknown method 'lora': no experiments/methods/lora\.yaml \(known: combined, "
-                                       r"cut_paste, dreambooth, masked_dreambooth, real\)"):
+                                       r"cut_paste, dreambooth, masked_dreambooth, oracle, oracle_positives, real\)"):
         resolve("pods-dinov2_vitb14-lora")
     with pytest.raises(ValueError, match=r"unknown sweep 'lr': no experiments/sweeps/lr\.yaml \(known: cfg, loss\)"):
         resolve("toybox-sweep-lr")

@@ -252,6 +252,14 @@ class NegativesConfig:
 
 
 @dataclass(frozen=True, kw_only=True, config=ConfigDict(extra="forbid"))
+class OracleConfig:
+    """An oracle source (prpg.toybox.oracle, toybox only): `synthesize.oracle` renders the instance itself in
+    new scenes (per instance), `priors.oracle_negatives` the category's pool instances (per category)."""
+
+    n: int = Field(ge=0)  # images; 0: off (the stage writes the folder with no images)
+
+
+@dataclass(frozen=True, kw_only=True, config=ConfigDict(extra="forbid"))
 class ClassImagesConfig:
     """DreamBooth's prior-preservation images of a category (stage priors, params `priors.class_images`):
     "a photo of a <category>" from the frozen generator; personalize trains with all of them."""

@@ -26,6 +26,7 @@ from prpg.core.configs import (
     GateDreamBoothConfig,
     GeneratorConfig,
     NegativesConfig,
+    OracleConfig,
     SynthesizeConfig,
     TrainConfig,
     check_backbone,
@@ -181,11 +182,13 @@ class PriorsParams(_Group):
     class_images: ClassImagesConfig
     negatives: NegativesConfig
     backgrounds: BackgroundsConfig
+    oracle_negatives: OracleConfig  # toybox only: the category's pool instances rendered (train.negatives: oracle)
 
 
 class SynthesisParams(_Group):
     positives: SynthesizeConfig
     cut_paste: CutPasteConfig
+    oracle: OracleConfig  # toybox only: the instance itself rendered in new scenes (train.sources: [oracle])
 
 
 @dataclass(frozen=True, kw_only=True, config=ConfigDict(extra="forbid"))
@@ -200,7 +203,14 @@ POSITIVE_SOURCES = {
     "dreambooth_filtered": "outputs/filtered/{instance}/kept",
     "dreambooth": "outputs/synthetic/{instance}/dreambooth",
     "cut_paste": "outputs/synthetic/{instance}/cut_paste",
+    "oracle": "outputs/synthetic/{instance}/oracle",  # toybox only (synthesize.oracle.n > 0)
     "real": None,
+}
+# Where the train stage finds the negatives of a category (train.negatives): the frozen generator's images
+# of the category, or (toybox only, priors.oracle_negatives.n > 0) renders of its pool instances.
+NEGATIVE_SOURCES = {
+    "generated": "outputs/negatives/{category}",
+    "oracle": "outputs/negatives_oracle/{category}",
 }
 
 
@@ -208,7 +218,8 @@ POSITIVE_SOURCES = {
 class TrainStageConfig(TrainConfig):
     # Generation-method comparison: dreambooth_filtered (the paper's best set), dreambooth (unfiltered),
     # cut_paste, real (real only), or a mix, e.g. [dreambooth_filtered, cut_paste] ("combined").
-    sources: tuple[Literal["dreambooth_filtered", "dreambooth", "cut_paste", "real"], ...]
+    sources: tuple[Literal["dreambooth_filtered", "dreambooth", "cut_paste", "oracle", "real"], ...]
+    negatives: Literal["generated", "oracle"]  # NEGATIVE_SOURCES
 
     def __post_init__(self):
         if not self.sources:
@@ -293,7 +304,32 @@ def load_params(path: str | Path = "params.yaml", source: str | None = None,
     parsed = {group: parse_group(group, raw.get(group), name, root) for group in sorted(GROUPS, key=lambda g: g not in raw)}
     groups = {group: parsed[group] for group in GROUPS}
     check_dataset_pairing(groups["common"], root, name)
+    check_oracle(groups, name)
     return groups
+
+
+def oracle_dataset_problem(key: str, n: int, dataset: str) -> str | None:
+    """What is wrong with n > 0 oracle images (`key`) on `dataset`: they need the toybox world."""
+    if n > 0 and dataset != "toybox":
+        return (f"{key} = {n}: the oracle needs the toybox world (it renders the instance itself), but "
+                f"common.dataset is {dataset!r}; set {key} to 0")
+    return None
+
+
+def check_oracle(groups: dict[str, Any], source: str = "params.yaml") -> None:
+    """The oracle sources (prpg.toybox.oracle) exist in the toybox world only, and train reads them only when
+    they are made: else a ParamsError naming the key."""
+    common, synthesize, priors, train = (groups[g] for g in ("common", "synthesize", "priors", "train"))
+    problems = [m for key, n in (("synthesize.oracle.n", synthesize.oracle.n),
+                                 ("priors.oracle_negatives.n", priors.oracle_negatives.n))
+                if (m := oracle_dataset_problem(key, n, common.dataset))]
+    if "oracle" in train.sources and synthesize.oracle.n == 0:
+        problems.append("train.sources has oracle but synthesize.oracle.n is 0 (no oracle positives): set it > 0")
+    if train.negatives == "oracle" and priors.oracle_negatives.n == 0:
+        problems.append("train.negatives is oracle but priors.oracle_negatives.n is 0 (no oracle negatives): "
+                        "set it > 0")
+    if problems:
+        raise ParamsError(f"{source}: {'; '.join(problems)}; fix params.yaml (or the -S override)")
 
 
 def check_dataset_pairing(common: CommonParams, root: str | Path = ".", source: str = "params.yaml") -> None:

@@ -142,11 +142,25 @@ def resolve(name: str) -> dict:
     return settings
 
 
+# Keys that make a run toybox-only (prpg.toybox.oracle): n > 0 renders the toybox world's own instances.
+ORACLE_KEYS = ("synthesize.oracle.n", "priors.oracle_negatives.n")
+
+
+def toybox_only_elsewhere(name: str) -> bool:
+    """Whether a named experiment asks for oracle sources on a dataset of its own other than toybox (a paper
+    run with an oracle method): it resolves, but its params fail validation, naming the keys."""
+    settings = resolve(name)
+    dataset = settings.get("common.dataset")  # absent: the workspace's own (toybox by default)
+    return dataset is not None and dataset != "toybox" and any(settings.get(k, 0) for k in ORACLE_KEYS)
+
+
 def all_names() -> list[str]:
-    """Every name `prpg exp` accepts: each base file of experiments/ alone, with each method, with each sweep."""
+    """Every name `prpg exp` runs: each base file of experiments/ alone, with each method, with each sweep;
+    not the toybox-only methods (oracle) with a paper run's base."""
     methods, sweeps = names_in(METHODS_FOLDER), names_in(SWEEPS_FOLDER)
-    return [n for base in names_in()
-            for n in (base, *(f"{base}-{m}" for m in methods), *(f"{base}{SWEEP_MARK}{s}" for s in sweeps))]
+    names = [n for base in names_in()
+             for n in (base, *(f"{base}-{m}" for m in methods), *(f"{base}{SWEEP_MARK}{s}" for s in sweeps))]
+    return [n for n in names if not toybox_only_elsewhere(n)]
 
 
 def single_runs(values: Sequence[str]) -> list[list[str]]:

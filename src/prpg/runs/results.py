@@ -27,13 +27,18 @@ RESULTS_DIR = Path("reports/results")
 FILES = ("evaluate.json", "instances.csv", "train_log.csv")
 
 
-def method_name(sources: tuple[str, ...], masked: bool) -> str:
-    """The paper's names for the positive sets (docs/protocol.md §4.2): real, (masked) dreambooth, cut_paste,
-    combined."""
+def method_name(sources: tuple[str, ...], masked: bool, negatives: str) -> str:
+    """The paper's names for the positive sets (docs/protocol.md §4.2): real, (masked) dreambooth, cut_paste, combined; toybox's
+    oracle sources: oracle (oracle positives and negatives), oracle_positives (with the generated negatives).
+    Other negatives than the generated ones are named after a '+'."""
     db = "masked_dreambooth" if masked else "dreambooth"
     names = {("real",): "real", ("dreambooth_filtered",): db, ("dreambooth",): f"{db}_unfiltered",
-             ("cut_paste",): "cut_paste", ("cut_paste", "dreambooth_filtered"): "combined"}
-    return names.get(tuple(sorted(sources)), "+".join(sorted(sources)))
+             ("cut_paste",): "cut_paste", ("cut_paste", "dreambooth_filtered"): "combined",
+             ("oracle",): "oracle_positives"}
+    name = names.get(tuple(sorted(sources)), "+".join(sorted(sources)))
+    if negatives == "generated":
+        return name
+    return "oracle" if (name, negatives) == ("oracle_positives", "oracle") else f"{name}+{negatives}_negatives"
 
 
 def run_params(params_file: str | Path = "params.yaml") -> dict:
@@ -48,7 +53,7 @@ def run_params(params_file: str | Path = "params.yaml") -> dict:
         # Which weights: a retrained toybox model keeps its path, and parts run with other weights must not merge.
         "generator_weights": weights_fingerprint(p["models"].generator),
         "backbone_weights": weights_fingerprint(p["models"].backbone),
-        "method": method_name(p["train"].sources, p["personalize"].masked),
+        "method": method_name(p["train"].sources, p["personalize"].masked, p["train"].negatives),
         "sources": list(p["train"].sources),
         "masked": p["personalize"].masked,
         "guidance": p["synthesize"].positives.guidance,

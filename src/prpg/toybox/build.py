@@ -70,6 +70,12 @@ def world_instances(
     return evaluation, pool
 
 
+def home_scene(seed: int, dataset: str, name: str) -> tuple[str, np.random.SeedSequence]:
+    """The instance's train scene (render_shot's `home`): a canonical background and its texture seed."""
+    home_rng = np.random.default_rng(stable_seed(seed, dataset, name, "home"))
+    return CANONICAL[int(home_rng.integers(len(CANONICAL)))], stable_seed(seed, dataset, name, "texture")
+
+
 @dataclass(frozen=True)
 class _Job:
     root: Path  # dataset directory being built
@@ -92,11 +98,7 @@ def _write_mask(path: Path, mask: np.ndarray) -> None:
 
 def _build_instance(job: _Job) -> dict[str, dict[str, Any]]:
     """Render and write every image of one instance; returns its annos entries."""
-    home_rng = np.random.default_rng(stable_seed(job.seed, job.dataset, job.name, "home"))
-    home = (
-        CANONICAL[int(home_rng.integers(len(CANONICAL)))],
-        stable_seed(job.seed, job.dataset, job.name, "texture"),
-    )
+    home = home_scene(job.seed, job.dataset, job.name)
     plan = [
         ("train", ["train"] * TRAIN_PER_INSTANCE),
         ("test", [s for s in TEST_SPLITS for _ in range(job.test_per_split)]),

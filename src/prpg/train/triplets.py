@@ -59,8 +59,28 @@ def positive_sets(sources: Iterable[str], instance: str, real: Sequence) -> dict
     from prpg.core.params import POSITIVE_SOURCES
     from prpg.data.dataset import list_images
 
-    return {s: list(real) if s == REAL_SOURCE else list_images(Path(POSITIVE_SOURCES[s].format(instance=instance)))
+    sets = {s: list(real) if s == REAL_SOURCE else list_images(Path(POSITIVE_SOURCES[s].format(instance=instance)))
             for s in sources}
+    if "oracle" in sets and not sets["oracle"]:  # asked for by name: no silent fallback to the real images
+        raise ValueError(f"train.sources has oracle but {POSITIVE_SOURCES['oracle'].format(instance=instance)} holds "
+                         "no images: set synthesize.oracle.n > 0 (toybox only) and run the synthesize stage")
+    return sets
+
+
+def negative_set(choice: str, category: str) -> list[Path]:
+    """The negatives of `category` that train.negatives names (prpg.core.params.NEGATIVE_SOURCES); none is an
+    error naming the params key that makes them."""
+    from prpg.core.params import NEGATIVE_SOURCES
+    from prpg.data.dataset import list_images
+
+    if choice not in NEGATIVE_SOURCES:
+        raise ValueError(f"train.negatives = {choice!r}: use one of {', '.join(NEGATIVE_SOURCES)}")
+    folder = NEGATIVE_SOURCES[choice].format(category=category)
+    images = list_images(Path(folder))
+    if not images:
+        key = "priors.oracle_negatives.n > 0 (toybox only)" if choice == "oracle" else "priors.negatives.n >= 1"
+        raise ValueError(f"train.negatives = {choice}: {folder} holds no images; set {key} and run the priors stage")
+    return images
 
 
 def select_positives(synthetic: Mapping[str, Sequence] | Sequence, real: Sequence, num_synthetic: int | None,
